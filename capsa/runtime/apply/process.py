@@ -1,0 +1,123 @@
+"""The container process's own settings and its exec: rlimits, OOM score, I/O priority, scheduler,
+CPU affinity, personality, executable lookup, the cwd check and the fd sweep before execve.
+
+Effectful through the kernel object only; must not import launch or command modules.
+"""
+import os
+
+from capsa.errors import ConfigError, KernelError
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+IOPRIO_WHO_PROCESS = 1
+
+
+def apply_rlimits(kernel, process, field="process.rlimits"):
+    for index, (resource, soft, hard, name) in enumerate(process["rlimits"]):
+        try:
+            kernel.prlimit(0, resource, soft, hard)
+        except KernelError as err:
+            current = kernel.getrlimit(resource)
+            if err.errno == 1 and hard > current[1]:
+                # root here may lack CAP_SYS_RESOURCE: a hard limit can then only go down.
+                raise ConfigError(
+                    "cannot set %s to soft %d hard %d: the hard limit is %d and the runtime "
+                    "lacks CAP_SYS_RESOURCE to raise it" % (name, soft, hard, current[1]),
+                    field="%s[%d]" % (field, index), hint="ask for at most %d" % current[1])
+            raise ConfigError("cannot set %s to soft %d hard %d: %s" % (name, soft, hard,
+                                                                      err.message),
+                              field="%s[%d]" % (field, index))
+
+
+def apply_process_attributes(kernel, process, proc_self, field="process"):
+    """OOM score, I/O priority, scheduler and initial affinity, before the uid switch."""
+    if process.get("oom_score_adj") is not None:
+        kernel.write_file("oom_score_adj", str(process["oom_score_adj"]), dirfd=proc_self)
+    if process.get("io_priority") is not None:
+        try:
+            kernel.ioprio_set(IOPRIO_WHO_PROCESS, 0, process["io_priority"])
+        except KernelError as err:
+            raise ConfigError("cannot set I/O priority: " + err.message, field=field + ".ioPriority")
+    if process.get("scheduler"):
+        try:
+            kernel.sched_setattr(0, *process["scheduler"])
+        except KernelError as err:
+            raise ConfigError("cannot set the scheduler: " + err.message, field=field + ".scheduler")
+    affinity = process.get("cpu_affinity")
+    if affinity and affinity.get("initial"):
+        kernel.sched_setaffinity(0, affinity["initial"])
+
+
+def apply_final_affinity(kernel, process):
+    affinity = process.get("cpu_affinity")
+    if affinity and affinity.get("final"):
+        kernel.sched_setaffinity(0, affinity["final"])
+
+
+def apply_personality(kernel, persona):
+    if persona is not None:
+        kernel.personality(persona)
+
+
+def read_env_path(env):
+    for item in env:
+        if item.startswith("PATH="):
+            return item[5:]
+    return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def find_executable(args0, env, field="process.args"):
+    """Resolve args[0] inside the (already entered) container root, as execvp would."""
+    if "/" in args0:
+        candidates = [args0]
+    else:
+        candidates = [os.path.join(directory or ".", args0)
+                      for directory in read_env_path(env).split(":")]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if (st.st_mode & 0o170000) == 0o100000 and st.st_mode & 0o111:
+            return candidate
+        if "/" in args0:
+            raise ConfigError("%s is not an executable file" % args0, field=field + "[0]")
+    if "/" in args0:
+        raise ConfigError("%s: no such file in the container" % args0, field=field + "[0]")
+    raise ConfigError("%s: executable file not found in $PATH" % args0, field=field + "[0]")
+
+
+def apply_cwd(kernel, cwd, field="process.cwd"):
+    """chdir, then prove the cwd is inside the container root (CVE-2024-21626)."""
+    try:
+        kernel.chdir(cwd)
+    except KernelError as err:
+        raise ConfigError("cannot enter working directory %s: %s" % (cwd, err.message), field=field)
+    try:
+        where = kernel.getcwd()
+    except KernelError:
+        where = None
+    if not where or not where.startswith("/"):
+        raise ConfigError("working directory %s is outside the container" % cwd, field=field)
+
+
+def apply_fd_sweep(kernel, preserve_fds):
+    """Mark every fd above stdio and the preserved ones close-on-exec (CVE-2024-21626)."""
+    first = 3 + preserve_fds
+    kernel.close_range(first, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC)
+    for fd in range(3, first):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+
+
+def apply_exec(kernel, path, process):
+    kernel.execve(path, process["args"], _env_dict(process["env"]))
+
+
+def _env_dict(env):
+    result = {}
+    for item in env:
+        key, _, value = item.partition("=")
+        result[key] = value
+    return result
