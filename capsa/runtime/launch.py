@@ -1,0 +1,378 @@
+"""Process choreography of `create`: the launcher (this process), an optional intermediate, and the
+container's init, talking over capsa.runtime.sync. No re-exec: everything is imported, then
+os.fork(); a second fork only when a new or joined PID or time namespace needs one.
+
+    launcher (host)                         child (→ intermediate when it forks)      init
+    mkdir state, mkfifo, cgroup create
+    fork ─────────────────────────────────► seal imports, dumpable=0
+                                            join/unshare user ns
+          ◄──────────── userns              (new user ns only)
+    write uid_map, gid_map ─ maps-ok ─────►  become ns root
+                                            join by path, unshare the rest, time offsets
+                                            fork (pid/time ns) ───────────────────────► (init)
+          ◄──────────── init-pid {pid}      exit
+    join init into cgroup ─ cgroup-ok ────────────────────────────────────────────────►
+                                                                      unshare cgroup ns, host
+                                                                      identity, rlimits, mounts
+          ◄─────────────────────────────────────────────────────────── create-hooks
+    prestart, createRuntime hooks ─ hooks-done ───────────────────────────────────────►
+                                                                      createContainer hooks,
+                                                                      pivot_root, masks, sysctl,
+          ◄─────────────────────────────────────────────── console {slave} + pty master fd
+    send the master to --console-socket
+          ◄─────────────────────────────────────────────────────────── ready
+    write state.json and --pid-file, exit                             block on exec.fifo until
+                                                                      `start`, then security
+                                                                      and execve
+Any step of the child or init that fails sends `error` with the CapsaError line instead; the
+launcher then kills what it started and removes what it made. Must not import command modules.
+"""
+import os
+import sys
+import time
+
+from capsa.errors import CapsaError, ContainerError, StateError
+from capsa.runtime import state as states
+from capsa.runtime import sync
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
+O_PATH = 0o10000000
+
+# Modules the child may touch after it has entered the container: imported before fork,
+# because an import after pivot_root would load code from the container (see _seal_imports).
+_PRELOAD = ("fcntl", "select", "capsa.runtime.apply.hooks", "capsa.runtime.apply.identity",
+            "capsa.runtime.apply.namespaces", "capsa.runtime.apply.process",
+            "capsa.runtime.apply.rootfs", "capsa.runtime.apply.security", "capsa.runtime.apply.tty",
+            "encodings.idna")
+
+
+class _SealedImports:
+    """A meta_path finder that refuses every import: the child runs inside a hostile rootfs."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        raise ImportError("import of %s refused: the runtime is inside the container" % name)
+
+
+def _seal_imports():
+    sys.meta_path.insert(0, _SealedImports)
+
+
+def _preload():
+    for name in _PRELOAD:
+        __import__(name)
+
+
+def _now_rfc3339():
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%09dZ" % int(now % 1 * 1e9)
+
+
+def create_container(ctx, kernel, container_id, bundle, plan, pid_file=None, subreaper=False):
+    """Run the whole create choreography; returns the saved state record (init waits on fifo)."""
+    states.ensure_root(ctx.root)
+    directory = states.container_dir(ctx.root, container_id)
+    try:
+        os.mkdir(directory, 0o711)
+    except FileExistsError:
+        raise StateError("container %s already exists" % container_id,
+                         hint="delete it first, or pick another id")
+    except OSError as exc:
+        raise StateError("cannot create %s: %s" % (directory, exc.strerror))
+    lock_fd = states.lock(directory)
+    record = {
+        "id": container_id, "pid": 0, "pid_start": None, "bundle": bundle,
+        "rootfs": plan["rootfs_path"], "created": _now_rfc3339(), "owner": "",
+        "ociVersion": plan["oci_version"], "annotations": plan["annotations"],
+        "cgroup": plan["cgroup"], "hooks": plan["hooks"], "plan": plan, "dir": directory,
+    }
+    init_pid = 0
+    made_cgroup = False
+    try:
+        states.save(directory, _stored(record))
+        os.mkfifo(os.path.join(directory, states.FIFO_NAME), 0o622)
+        fifo_dir = os.open(directory, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        from capsa.runtime.cgroups.manager import apply_cgroup_create, apply_cgroup_join
+        apply_cgroup_create(kernel, plan["cgroup"])
+        made_cgroup = True
+        from capsa.runtime.apply.security import prepare_security
+        prepare_security(plan["security"])
+        _preload()
+        parent_end, child_end = sync.make_pair()
+        if subreaper:
+            kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            parent_end.close()
+            _child_main(kernel, plan, child_end, fifo_dir)  # never returns
+        child_end.close()
+        os.close(fifo_dir)
+        init_pid = _launcher_side(ctx, kernel, plan, record, parent_end, child,
+                                  apply_cgroup_join)
+        record["pid"] = init_pid
+        record["pid_start"] = states.read_start_time(init_pid)
+        states.save(directory, _stored(record))
+        if pid_file:
+            _write_pid_file(pid_file, init_pid)
+        parent_end.close()
+        return record
+    except BaseException as err:
+        _undo_create(kernel, directory, init_pid, plan["cgroup"] if made_cgroup else None)
+        if isinstance(err, OSError) and not isinstance(err, CapsaError):
+            raise ContainerError("create failed: %s" % err)
+        raise
+    finally:
+        os.close(lock_fd)
+
+
+def _stored(record):
+    stored = dict(record)
+    stored.pop("dir", None)
+    return stored
+
+
+def _write_pid_file(path, pid):
+    """Atomic, as conmon and the containerd shim read it as soon as create returns."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".capsa-tmp")
+    with open(tmp, "w") as handle:
+        handle.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _undo_create(kernel, directory, init_pid, cgroup):
+    """Leave nothing behind after a failed create: the init, its cgroup, the state folder."""
+    if init_pid > 0:
+        try:
+            os.kill(init_pid, 9)
+        except OSError:
+            pass
+    _reap_all()
+    if cgroup is not None:
+        from capsa.runtime.cgroups.manager import apply_cgroup_destroy
+        try:
+            apply_cgroup_destroy(kernel, cgroup)
+        except CapsaError:
+            pass
+    remove_tree(directory)
+
+
+def _reap_all():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
+def remove_tree(path):
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        os.unlink(path)
+        return
+    for name in names:
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            remove_tree(full)
+        else:
+            try:
+                os.unlink(full)
+            except FileNotFoundError:
+                pass
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
+def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
+    from capsa.runtime.apply.hooks import apply_hooks
+    from capsa.runtime.apply.namespaces import apply_id_maps
+    if "user" in plan["namespaces"]["new"]:
+        sync.expect(sock, "userns")
+        apply_id_maps(kernel, child, plan["userns"])
+        sync.send(sock, "maps-ok")
+    payload, _ = sync.expect(sock, "init-pid")
+    init_pid = payload["pid"]
+    if init_pid != child:
+        os.waitpid(child, 0)
+    apply_cgroup_join(kernel, plan["cgroup"], init_pid)
+    sync.send(sock, "cgroup-ok")
+    sync.expect(sock, "create-hooks")
+    record["pid"] = init_pid
+    oci_state = states.build_oci_state(record, "creating")
+    apply_hooks("prestart", plan["hooks"], oci_state)
+    apply_hooks("createRuntime", plan["hooks"], oci_state)
+    sync.send(sock, "hooks-done")
+    while True:
+        kind, payload, fds = sync.receive(sock)
+        if kind == "console":
+            try:
+                sync.send_fd_to_path(plan["console_socket"], fds[0], payload["slave"].encode())
+            except OSError as exc:
+                raise ContainerError("cannot send the terminal to --console-socket %s: %s" %
+                                     (plan["console_socket"], exc.strerror))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            continue
+        if kind == "seccomp-fd":
+            from capsa.runtime.apply.security import apply_send_notify_fd
+            try:
+                apply_send_notify_fd(fds[0], payload["listener_path"], payload.get("metadata", ""),
+                                     states.build_oci_state(record, "creating"))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            continue
+        if kind == "ready":
+            return init_pid
+        for fd in fds:
+            os.close(fd)
+        if kind == "error":
+            raise ContainerError(payload.get("message", "container setup failed"),
+                                 field=payload.get("field"), hint=payload.get("hint"))
+        if kind == "eof":
+            raise ContainerError("container process exited during setup")
+        raise ContainerError("protocol error: unexpected %r" % kind)
+
+
+def _child_main(kernel, plan, sock, fifo_dir):
+    """The forked child: becomes (or forks) the container's init. Never returns."""
+    status = 1
+    try:
+        _seal_imports()
+        kernel.prctl(PR_SET_DUMPABLE, 0)
+        kernel.set_name("capsa:child")
+        _child_namespaces(kernel, plan, sock)
+        if plan["needs_fork"]:
+            init = os.fork()
+            if init != 0:
+                sync.send(sock, "init-pid", {"pid": init})
+                os._exit(0)
+        else:
+            sync.send(sock, "init-pid", {"pid": os.getpid()})
+        _init_main(kernel, plan, sock, fifo_dir)
+    except CapsaError as err:
+        _send_error(sock, err.message, err.field, err.hint)
+    except BaseException as err:  # report as data: no traceback crosses into the container
+        _send_error(sock, "%s: %s" % (type(err).__name__, err), None, None)
+    os._exit(status)
+
+
+def _send_error(sock, message, field, hint):
+    try:
+        sync.send(sock, "error", {"message": message, "field": field, "hint": hint})
+    except OSError:
+        sys.stderr.write("capsa-runtime: %s\n" % message)
+
+
+def _child_namespaces(kernel, plan, sock):
+    from capsa.runtime.apply.namespaces import apply_join, apply_time_offsets, apply_unshare
+    namespaces = plan["namespaces"]
+    new, join = namespaces["new"], namespaces["join"]
+    apply_join(kernel, join, ("user",))
+    if "user" in new:
+        apply_unshare(kernel, ("user",))
+        sync.send(sock, "userns")
+        sync.expect(sock, "maps-ok")
+        kernel.setresgid(0, 0, 0)
+        kernel.setresuid(0, 0, 0)
+    apply_join(kernel, join, [kind for kind in join if kind not in ("user", "cgroup")])
+    apply_unshare(kernel, [kind for kind in new if kind not in ("user", "cgroup")])
+    apply_time_offsets(kernel, plan["time_offsets"])
+
+
+def _init_main(kernel, plan, sock, fifo_dir):
+    from capsa.runtime.apply import hooks, identity, namespaces, process, rootfs, security, tty
+    kernel.set_name("capsa:init")
+    sync.expect(sock, "cgroup-ok")
+    if "cgroup" in plan["namespaces"]["join"]:
+        namespaces.apply_join(kernel, plan["namespaces"]["join"], ("cgroup",))
+    if "cgroup" in plan["namespaces"]["new"]:
+        namespaces.apply_unshare(kernel, ("cgroup",))
+    proc = plan["process"]
+    namespaces.apply_host_identity(kernel, plan["hostname"], plan["domainname"])
+    process.apply_rlimits(kernel, proc)
+    proc_self = _open_proc_self(kernel)
+    process.apply_process_attributes(kernel, proc, proc_self)
+    kernel.close(proc_self)
+    process.apply_personality(kernel, plan["personality"])
+    rootfs.apply_mounts(kernel, plan["rootfs"])
+    sync.send(sock, "create-hooks")
+    sync.expect(sock, "hooks-done")
+    state = {"ociVersion": plan["oci_version"], "id": plan["id"], "status": "creating",
+             "pid": 0, "bundle": plan["bundle"], "annotations": plan["annotations"]}
+    hooks.apply_hooks("createContainer", plan["hooks"], state)
+    rootfs.apply_pivot(kernel, plan["rootfs"])
+    _apply_sysctl(kernel, plan["sysctl"])
+    if proc["terminal"]:
+        tty.apply_console(kernel, proc, plan["rootfs"], sock)
+    process.apply_cwd(kernel, proc["cwd"])
+    executable = process.find_executable(proc["args"][0], proc["env"])
+    security.apply_before_identity(kernel, plan["security"])
+    identity.apply_identity(kernel, proc, setgroups_allowed=True)
+
+    def send_fd(fd, listener_path=None, metadata=""):
+        sync.send(sock, "seccomp-fd", {"listener_path": listener_path, "metadata": metadata}, [fd])
+    early = plan["security"].get("seccomp_before_start")
+    if early:
+        security.apply_after_identity(kernel, plan["security"], send_fd)
+    process.apply_fd_sweep(kernel, plan["preserve_fds"])
+    sync.send(sock, "ready")
+    sock.close()
+    _wait_for_start(fifo_dir)
+    hooks.apply_hooks("startContainer", plan["hooks"], dict(state, status="created"))
+    if not early:
+        security.apply_after_identity(kernel, plan["security"], send_fd)
+    process.apply_final_affinity(kernel, proc)
+    process.apply_exec(kernel, executable, proc)
+
+
+def _open_proc_self(kernel):
+    """An fd on this process's procfs directory, proven to be procfs (CVE-2019-19921 class)."""
+    from capsa.syscalls.fs import PROC_SUPER_MAGIC
+    fd = kernel.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY)
+    if kernel.fstatfs_type(fd) != PROC_SUPER_MAGIC:
+        kernel.close(fd)
+        raise ContainerError("/proc/self is not procfs on the host")
+    return fd
+
+
+def _apply_sysctl(kernel, sysctl):
+    if not sysctl:
+        return
+    from capsa.syscalls.fs import PROC_SUPER_MAGIC
+    from capsa.errors import ConfigError
+    fd = kernel.open("/proc/sys", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if kernel.fstatfs_type(fd) != PROC_SUPER_MAGIC:
+            raise ConfigError("/proc/sys in the container is not procfs", field="linux.sysctl",
+                              hint="mount proc at /proc")
+        for key, value in sysctl.items():
+            try:
+                kernel.write_file(key.replace(".", "/"), value, dirfd=fd)
+            except CapsaError as err:
+                raise ConfigError("cannot set %s=%s: %s" % (key, value, err.message),
+                                  field="linux.sysctl." + key)
+    finally:
+        kernel.close(fd)
+
+
+def _wait_for_start(fifo_dir):
+    """Block until `start` opens the fifo for reading (opened through the folder fd: the host
+    path is unreachable after pivot_root)."""
+    fd = os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=fifo_dir)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_dir)

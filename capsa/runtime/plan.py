@@ -1,0 +1,92 @@
+"""The plan: everything a container needs, built from config.json and host facts as pure data.
+
+build_plan calls each section's builder (process, namespaces, rootfs, cgroups, security, hooks)
+and returns JSON-serialisable dicts and lists; read_facts is the only host read. Must not
+import the kernel seam or any apply_* code that changes state.
+"""
+import os
+
+from capsa.errors import ConfigError
+from capsa.runtime import spec as specs
+
+
+def read_facts(systemd_cgroup=False):
+    """Host facts the plan depends on; cheap reads only."""
+    from capsa.runtime.cgroups.layout import read_layout
+    from capsa.runtime.apply.security import read_security_facts
+    return {"cgroup_layout": read_layout(), "security": read_security_facts(),
+            "systemd_cgroup": systemd_cgroup}
+
+
+def build_plan(spec, bundle, container_id, facts, options):
+    """-> plan dict. `options`: no_pivot, preserve_fds, console_socket (from the command line)."""
+    from capsa.runtime.mounts import build_rootfs_plan
+    from capsa.runtime.cgroups.plan import build_cgroup_plan
+    from capsa.runtime.apply.security import build_security_plan
+
+    version = spec.get("ociVersion")
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise ConfigError("unsupported ociVersion %r" % (version,), field="ociVersion",
+                          hint="capsa implements runtime-spec 1.x")
+    linux = spec.get("linux")
+    if linux is None:
+        linux = {}
+    if not isinstance(linux, dict):
+        raise ConfigError("must be an object", field="linux")
+    new, join = specs.build_namespaces(linux)
+    userns = specs.build_id_maps(linux, "user" in new)
+    if "user" in new and userns is None:
+        raise ConfigError("a new user namespace needs uidMappings and gidMappings",
+                          field="linux.uidMappings")
+    process = specs.build_process(spec.get("process"))
+    hostname = spec.get("hostname")
+    domainname = spec.get("domainname")
+    for key, value in (("hostname", hostname), ("domainname", domainname)):
+        if value is not None:
+            if not isinstance(value, str) or len(value) > 64:
+                raise ConfigError("must be a string of at most 64 bytes", field=key)
+            if "uts" not in new:
+                raise ConfigError("setting %s needs a new uts namespace" % key, field=key,
+                                  hint='add {"type": "uts"} to linux.namespaces')
+    if process["terminal"] and not options.get("console_socket") and not options.get("tty_ok"):
+        raise ConfigError("process.terminal is true but no --console-socket was given",
+                          field="process.terminal",
+                          hint="pass --console-socket, or set terminal to false")
+    if options.get("console_socket") and not process["terminal"]:
+        raise ConfigError("--console-socket was given but process.terminal is false",
+                          field="process.terminal", hint="set terminal to true, or drop the flag")
+    annotations = spec.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ConfigError("must be an object of strings", field="annotations")
+
+    cgroup = build_cgroup_plan(linux, container_id, facts["cgroup_layout"],
+                               facts.get("systemd_cgroup", False))
+    facts = dict(facts)
+    facts.update(userns="user" in new or "user" in join, no_pivot=bool(options.get("no_pivot")),
+                 terminal=process["terminal"], cgroup_paths=cgroup.get("paths", {}))
+    rootfs = build_rootfs_plan(spec, bundle, facts)
+    security = build_security_plan(spec, facts["security"])
+    needs_fork = bool({"pid", "time"} & (set(new) | set(join)))
+    return {
+        "id": container_id,
+        "bundle": bundle,
+        "rootfs_path": rootfs.get("root") or os.path.join(bundle, (spec.get("root") or {}).get(
+            "path", "rootfs")),
+        "oci_version": version,
+        "namespaces": {"new": new, "join": join},
+        "userns": userns,
+        "needs_fork": needs_fork,
+        "hostname": hostname,
+        "domainname": domainname,
+        "sysctl": specs.build_sysctl(linux, new),
+        "time_offsets": specs.build_time_offsets(linux, "time" in new),
+        "personality": specs.build_personality(linux),
+        "process": process,
+        "hooks": specs.build_hooks(spec),
+        "rootfs": rootfs,
+        "cgroup": cgroup,
+        "security": security,
+        "annotations": annotations,
+        "preserve_fds": int(options.get("preserve_fds") or 0),
+        "console_socket": options.get("console_socket"),
+    }
