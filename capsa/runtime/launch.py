@@ -69,7 +69,8 @@ def _now_rfc3339():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%09dZ" % int(now % 1 * 1e9)
 
 
-def create_container(ctx, kernel, container_id, bundle, plan, pid_file=None, subreaper=False):
+def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=None,
+                     subreaper=False):
     """Run the whole create choreography; returns the saved state record (init waits on fifo)."""
     states.ensure_root(ctx.root)
     directory = states.container_dir(ctx.root, container_id)
@@ -85,7 +86,8 @@ def create_container(ctx, kernel, container_id, bundle, plan, pid_file=None, sub
         "id": container_id, "pid": 0, "pid_start": None, "bundle": bundle,
         "rootfs": plan["rootfs_path"], "created": _now_rfc3339(), "owner": "",
         "ociVersion": plan["oci_version"], "annotations": plan["annotations"],
-        "cgroup": plan["cgroup"], "hooks": plan["hooks"], "plan": plan, "dir": directory,
+        "cgroup": plan["cgroup"], "hooks": plan["hooks"], "plan": plan, "spec": spec,
+        "dir": directory,
     }
     init_pid = 0
     made_cgroup = False

@@ -15,6 +15,16 @@ TIOCSWINSZ = 0x5414
 
 
 def apply_console(kernel, process, rootfs_plan, sock):
+    """The init's terminal: also bound onto /dev/console."""
+    _open_terminal(kernel, process, sock, bind=True)
+
+
+def apply_exec_console(kernel, process, sock):
+    """An exec'd process's terminal, from the container's devpts (after setns)."""
+    _open_terminal(kernel, process, sock, bind=False)
+
+
+def _open_terminal(kernel, process, sock, bind):
     try:
         master, slave = os.openpty()
     except OSError as exc:
@@ -24,8 +34,9 @@ def apply_console(kernel, process, rootfs_plan, sock):
     height, width = process["console_size"]
     if height or width:
         fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-    from capsa.runtime.apply.rootfs import apply_console as bind_console
-    bind_console(kernel, slave_name)
+    if bind:
+        from capsa.runtime.apply.rootfs import apply_console as bind_console
+        bind_console(kernel, slave_name)
     sync.send(sock, "console", {"slave": slave_name}, [master])
     os.close(master)
     kernel.setsid()

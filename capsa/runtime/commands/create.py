@@ -15,12 +15,12 @@ def prepare(ctx, opts, container_id):
     spec = read_spec(bundle)
     facts = read_facts(ctx.systemd_cgroup)
     plan = build_plan(spec, bundle, container_id, facts, opts)
-    return bundle, plan
+    return bundle, plan, spec
 
 
 def run(ctx, opts, args):
     from capsa.runtime.launch import create_container
     from capsa.syscalls.kernel import Kernel
-    bundle, plan = prepare(ctx, opts, args[0])
-    create_container(ctx, Kernel(), args[0], bundle, plan, pid_file=opts.get("pid_file"))
+    bundle, plan, spec = prepare(ctx, opts, args[0])
+    create_container(ctx, Kernel(), args[0], bundle, plan, spec, pid_file=opts.get("pid_file"))
     return 0

@@ -1,0 +1,68 @@
+"""The runtime as a library: the operations capsa's engine calls in-process, with the same names
+and meanings as the command line (`capsa-runtime create|start|state|kill|delete|exec|...`).
+
+Every function takes the state root first. Errors are CapsaError, as on the command line.
+Imports nothing heavy at module level.
+"""
+
+
+class _Context:
+    __slots__ = ("root", "systemd_cgroup", "debug", "warnings")
+
+    def __init__(self, root, systemd_cgroup=False):
+        self.root = root
+        self.systemd_cgroup = systemd_cgroup
+        self.debug = False
+        self.warnings = []
+
+    def log(self, level, message):
+        if level != "debug":
+            self.warnings.append(message)
+
+
+def create(root, container_id, bundle, pid_file=None, console_socket=None, preserve_fds=0,
+           no_pivot=False, systemd_cgroup=False):
+    """Create the container; its init waits for start(). Returns the init's host pid."""
+    from capsa.runtime.commands.create import prepare
+    from capsa.runtime.launch import create_container
+    from capsa.syscalls.kernel import Kernel
+    ctx = _Context(root, systemd_cgroup)
+    opts = {"bundle": bundle, "console_socket": console_socket, "preserve_fds": preserve_fds,
+            "no_pivot": no_pivot}
+    bundle, plan, spec = prepare(ctx, opts, container_id)
+    record = create_container(ctx, Kernel(), container_id, bundle, plan, spec, pid_file=pid_file)
+    return record["pid"]
+
+
+def start(root, container_id):
+    from capsa.runtime.lifecycle import start as start_container
+    start_container(root, container_id)
+
+
+def state(root, container_id):
+    from capsa.runtime import state as states
+    return states.build_oci_state(states.load(root, container_id))
+
+
+def kill(root, container_id, signal, all=False):
+    from capsa.runtime.lifecycle import kill as kill_container, parse_signal
+    if isinstance(signal, str):
+        signal = parse_signal(signal)
+    kill_container(root, container_id, signal, all_processes=all)
+
+
+def delete(root, container_id, force=False):
+    from capsa.runtime.lifecycle import delete as delete_container
+    delete_container(root, container_id, force=force)
+
+
+def list_states(root):
+    from capsa.errors import StateError
+    from capsa.runtime import state as states
+    result = []
+    for container_id in states.list_ids(root):
+        try:
+            result.append(states.build_oci_state(states.load(root, container_id)))
+        except StateError:
+            continue
+    return result

@@ -1,0 +1,7 @@
+"""`capsa-runtime exec`: run a new process inside a running container (runc's flags)."""
+
+
+def run(ctx, opts, args):
+    from capsa.runtime.execution import exec_process
+    from capsa.syscalls.kernel import Kernel
+    return exec_process(ctx, Kernel(), args[0], opts, args)
