@@ -1,0 +1,130 @@
+"""Host facts and host commands the network manager needs besides the kernel seam.
+
+Owns: running CNI plugins (subprocess), finding them on CNI_PATH, the host's routes, links,
+resolv.conf and hosts, probing whether a host port is taken, and whether a pid still runs.
+Tests replace the whole object with a fake of the same methods.
+"""
+import os
+
+from capsa.errors import NetworkError
+
+PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni")
+PLUGIN_TIMEOUT = 60
+
+
+class HostSystem:
+    """The real host."""
+
+    def __init__(self, plugin_dirs=None):
+        env = os.environ.get("CNI_PATH")
+        self.plugin_dirs = list(plugin_dirs or (env.split(":") if env else PLUGIN_DIRS))
+
+    def find_plugin(self, name):
+        if "/" in name or not name:
+            raise NetworkError("bad CNI plugin type %r" % (name,))
+        for folder in self.plugin_dirs:
+            path = os.path.join(folder, name)
+            if os.access(path, os.X_OK):
+                return path
+        raise NetworkError("CNI plugin %r not found in %s" % (name, ":".join(self.plugin_dirs)),
+                           hint="apt-get install containernetworking-plugins, or set CNI_PATH")
+
+    def run_plugin(self, path, env, stdin):
+        import subprocess
+        try:
+            done = subprocess.run([path], input=stdin, env=env, capture_output=True,
+                                  timeout=PLUGIN_TIMEOUT, close_fds=True)
+        except subprocess.TimeoutExpired:
+            return 124, b"", b"timed out after %d s" % PLUGIN_TIMEOUT
+        except OSError as exc:
+            return 126, b"", str(exc).encode()
+        return done.returncode, done.stdout, done.stderr
+
+    def read_routes(self):
+        """IPv4 routes of the host's main table: [(subnet-text, dev)] from /proc/net/route."""
+        import socket
+        import struct
+        routes = []
+        with open("/proc/net/route") as handle:
+            next(handle, None)
+            for line in handle:
+                words = line.split()
+                if len(words) < 8:
+                    continue
+                dest = socket.inet_ntoa(struct.pack("<I", int(words[1], 16)))
+                mask = bin(int(words[7], 16)).count("1")
+                routes.append(("%s/%d" % (dest, mask), words[0]))
+        return routes
+
+    def read_links(self):
+        try:
+            return set(os.listdir("/sys/class/net"))
+        except OSError:
+            return set()
+
+    def is_bridge(self, name):
+        return os.path.isdir(os.path.join("/sys/class/net", name, "bridge"))
+
+    def delete_link(self, name):
+        import subprocess
+        done = subprocess.run(["ip", "link", "delete", "dev", name], capture_output=True)
+        if done.returncode != 0 and name in self.read_links():
+            raise NetworkError("cannot delete link %s: %s" % (name, done.stderr.decode().strip()))
+
+    def read_text(self, path):
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def default_route_device(self):
+        for subnet, dev in self.read_routes():
+            if subnet == "0.0.0.0/0":
+                return dev
+        return None
+
+    def port_taken(self, ip, port, proto):
+        """Is host port `port` bound by a host process? (iptables DNAT would silently shadow it.)"""
+        import socket
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                # TIME_WAIT leftovers of closed connections do not make a port taken.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip or "0.0.0.0", port))
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.close()
+
+    def pick_port(self, ip, proto):
+        import socket
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.bind((ip or "0.0.0.0", 0))
+            return sock.getsockname()[1]
+        finally:
+            sock.close()
+
+    def owner(self):
+        """(pid, start time) of this process, to tell a crashed attach from one in progress."""
+        return os.getpid(), read_start_time(os.getpid())
+
+    def owner_alive(self, owner):
+        if not owner:
+            return False
+        pid, start = owner
+        return read_start_time(pid) == start
+
+
+def read_start_time(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[19])
