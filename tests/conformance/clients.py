@@ -5,6 +5,7 @@ containerd daemon's life, and running a client under a real pty. Imports nothing
 the tier sees capsa-runtime only as a binary, as podman and containerd do.
 """
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -18,6 +19,22 @@ IMAGE = "localhost/busybox:latest"
 # No CAP_SYS_RESOURCE on this host: podman's default RLIMIT_NOFILE/NPROC of 1048576 cannot be set
 # (runc: "error setting rlimit type 7"). Stay within the caller's hard limits.
 ULIMITS = ("nofile=%d:%d", "nproc=%d:%d")
+
+
+# What a terminal looks like from inside, then a typed line. ctr sizes the console only after the task started (on a 0x0 terminal busybox `stty size`
+# prints nothing, and exits 0): wait up to 3 s for a size
+TTY_PROBE = 'echo TTY=$(tty); i=0; while [ -z "$(stty size 2>/dev/null)" ] && [ $i -lt 30 ]; ' \
+            'do sleep 0.1; i=$((i+1)); done; echo SIZE=$(stty size); echo READY; read line; ' \
+            'echo GOT=$line; exit 3'
+
+
+def read_tty_probe(rc, output):
+    """Reduce a TTY_PROBE run to its facts; the pty number and echoes do not matter."""
+    def field(key):
+        found = re.findall(r"^%s=(.*)$" % key, output, re.M)
+        return found[-1] if found else None
+    return {"rc": rc, "tty": re.sub(r"\d+$", "N", field("TTY") or ""), "size": field("SIZE"),
+            "got": field("GOT")}
 
 
 _serial = iter(range(1, 1 << 30))

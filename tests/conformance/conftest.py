@@ -185,15 +185,27 @@ def _remove_ctr_objects(ctr):
 
 @pytest.fixture(scope="session")
 def ctr(containerd, runtimes, top):
-    """ctr(runtime) -> (Client for ctr, the `ctr run` flags that select the runtime binary).
+    """ctr(runtime) -> CtrFor: .client (ctr on our socket and namespace), .run (the `ctr run`
+    flags that select the runtime binary and its root), .fifo (the flags every command that
+    opens a process needs, so its IO fifos stay in the scratch folder).
 
     Each runtime keeps its state under its own --runc-root inside the scratch folder; the flags
     are stored with the container, so later `ctr task …` calls reuse the binary and root.
     """
+    fifo = ["--fifo-dir", os.path.join(top, "ctr-fifo")]
+
     def ctr(runtime):
         root = os.path.join(top, "ctr-roots", runtime)
-        return containerd, ["--runc-binary", runtimes[runtime], "--runc-root", root]
+        return CtrFor(containerd, ["--runc-binary", runtimes[runtime], "--runc-root", root] + fifo,
+                      fifo)
     return ctr
+
+
+class CtrFor:
+    __slots__ = ("client", "run", "fifo")
+
+    def __init__(self, client, run, fifo):
+        self.client, self.run, self.fifo = client, run, fifo
 
 
 def _check_host_clean(top, before):

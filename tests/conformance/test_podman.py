@@ -6,12 +6,11 @@ what the observation must be, and `observe` compares a claimed runtime with runc
 """
 import json
 import os
-import re
 import time
 
 import pytest
 
-from tests.conformance.clients import IMAGE, unique, wait_for
+from tests.conformance.clients import IMAGE, TTY_PROBE, read_tty_probe, unique, wait_for
 
 pytestmark = pytest.mark.conformance
 # PID 1 without a TERM handler ignores SIGTERM; these containers exit 0 on it and say when ready
@@ -77,18 +76,6 @@ def test_run_detached_logs_stop(observe, podman):
                    "before_timeout": True},
         "stubborn": {"exit": "137", "status": "exited", "killed_after_timeout": True},
     }
-
-
-TTY_PROBE = 'echo TTY=$(tty); echo SIZE=$(stty size); echo READY; read line; echo GOT=$line; exit 3'
-
-
-def read_tty_probe(rc, output):
-    """Reduce a TTY_PROBE run to its facts; the pty number and echoes do not matter."""
-    def field(key):
-        found = re.findall(r"^%s=(.*)$" % key, output, re.M)
-        return found[-1] if found else None
-    return {"rc": rc, "tty": re.sub(r"\d+$", "N", field("TTY") or ""), "size": field("SIZE"),
-            "got": field("GOT")}
 
 
 def run_interactive(runtime, podman):

@@ -1,0 +1,156 @@
+"""containerd 1.6 (containerd-shim-runc-v2, driven by ctr) using an OCI runtime via --runc-binary.
+
+Scenarios are (runtime, ctr) -> observation dict, as in test_podman.py. Detached tasks run with
+--null-io: nobody reads their fifos once ctr has returned.
+"""
+import os
+import re
+
+import pytest
+
+from tests.conformance.clients import IMAGE, TTY_PROBE, read_tty_probe, unique, wait_for
+
+pytestmark = pytest.mark.conformance
+BUSY = "sleep 1000 & sleep 1000 & wait"
+
+
+def read_tasks(ctr):
+    """{task id: (pid, status)} from `ctr task ls`."""
+    rows = [line.split() for line in ctr.out("task", "ls").splitlines()[1:]]
+    return {row[0]: (int(row[1]), row[2]) for row in rows if len(row) == 3}
+
+
+def read_task_pids(ctr, name):
+    """The host pids `ctr task ps` lists (the runtime's `ps --format json`)."""
+    return [int(line.split()[0]) for line in ctr.out("task", "ps", name).splitlines()[1:]]
+
+
+def start_task(ctr, flags, script):
+    name = unique("t")
+    ctr("run", "-d", "--null-io", *flags, IMAGE, name, "sh", "-c", script)
+    return name
+
+
+def remove_task(ctr, name):
+    ctr("task", "delete", "--force", name, check=False)
+    ctr("container", "delete", name)
+
+
+def run_rm(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    name = unique("r")
+    echo = client("run", "--rm", *flags, IMAGE, name, "echo", "hi-ctr")
+    failing = client("run", "--rm", *flags, IMAGE, unique("r"), "sh", "-c", "echo out; exit 3",
+                     check=False)
+    return {"echo": [echo.returncode, echo.stdout], "failing": [failing.returncode, failing.stdout],
+            "left": name in client.out("container", "ls", "--quiet").split()}
+
+
+@pytest.mark.claimed()
+def test_ctr_run_rm(observe, ctr):
+    """ctr run --rm --runc-binary: output, exit status, and the container is gone."""
+    assert observe(run_rm, ctr) == {"echo": [0, "hi-ctr\n"], "failing": [3, "out\n"],
+                                    "left": False}
+
+
+def run_tty(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    return read_tty_probe(*client.pty("run", "--rm", "-t", *flags, IMAGE, unique("r"), "sh", "-c",
+                                      TTY_PROBE, answer=("READY", b"typed\r"), rows=33, cols=91))
+
+
+@pytest.mark.claimed()
+def test_ctr_run_tty(observe, ctr):
+    """ctr run -t under a real pty: console socket, window size, input, exit status."""
+    assert observe(run_tty, ctr) == {"rc": 3, "tty": "/dev/pts/N", "size": "33 91", "got": "typed"}
+
+
+def exec_tty(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    name = start_task(client, flags, BUSY)
+    try:
+        plain = client("task", "exec", *c.fifo, "--exec-id", "plain", "--cwd", "/tmp", "--user", "1000",
+                       name, "sh", "-c", "echo $(id -u) $(pwd); exit 6", check=False)
+        rc, output = client.pty("task", "exec", *c.fifo, "-t", "--exec-id", "tty", name, "sh", "-c",
+                                TTY_PROBE, answer=("READY", b"again\r"), rows=25, cols=70)
+        return {"plain": [plain.returncode, plain.stdout], "tty": read_tty_probe(rc, output)}
+    finally:
+        remove_task(client, name)
+
+
+@pytest.mark.claimed()
+def test_ctr_task_exec(observe, ctr):
+    """ctr task exec (--cwd, --user, exit status) and ctr task exec -t under a real pty."""
+    assert observe(exec_tty, ctr) == {
+        "plain": [6, "1000 /tmp\n"],
+        "tty": {"rc": 3, "tty": "/dev/pts/N", "size": "25 70", "got": "again"}}
+
+
+def ps_pause_resume(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    name = start_task(client, flags, BUSY)
+    try:
+        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
+                        read_task_pids(client, name), what="three processes in %s" % name)
+        init = read_tasks(client)[name][0]
+        client("task", "pause", name)
+        paused = read_tasks(client)[name][1]
+        client("task", "resume", name)
+        return {"ps": len(pids), "init_listed": init in pids, "paused": paused,
+                "resumed": read_tasks(client)[name][1]}
+    finally:
+        remove_task(client, name)
+
+
+@pytest.mark.claimed()
+def test_ctr_ps_pause_resume(observe, ctr):
+    """ctr task ps lists every process of the container; pause/resume change its status."""
+    assert observe(ps_pause_resume, ctr) == {"ps": 3, "init_listed": True, "paused": "PAUSED",
+                                             "resumed": "RUNNING"}
+
+
+def kill_all(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    name = start_task(client, flags, BUSY)
+    try:
+        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
+                        read_task_pids(client, name), what="three processes in %s" % name)
+        client("task", "kill", "--all", "--signal", "KILL", name)
+        status = wait_for(lambda: read_tasks(client)[name][1] == "STOPPED" and "STOPPED",
+                          what="%s to stop" % name)
+        deleted = client("task", "delete", name)
+        return {"status": status, "alive": [p for p in pids if os.path.exists("/proc/%d" % p)],
+                "delete": re.findall(r"exit code (\d+)", deleted.stderr)}
+    finally:
+        remove_task(client, name)
+
+
+@pytest.mark.claimed()
+def test_ctr_task_kill_all(observe, ctr):
+    """ctr task kill -a -s KILL reaches every process; the task stops with status 137."""
+    assert observe(kill_all, ctr) == {"status": "STOPPED", "alive": [], "delete": ["137"]}
+
+
+def delete_force(runtime, ctr):
+    c = ctr(runtime)
+    client, flags = c.client, c.run
+    name = start_task(client, flags, BUSY)
+    try:
+        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
+                        read_task_pids(client, name), what="three processes in %s" % name)
+        done = client("task", "delete", "--force", name)
+        return {"rc": done.returncode, "listed": name in read_tasks(client),
+                "alive": [p for p in pids if os.path.exists("/proc/%d" % p)]}
+    finally:
+        remove_task(client, name)
+
+
+@pytest.mark.claimed()
+def test_ctr_task_delete_force(observe, ctr):
+    """ctr task delete --force of a running task: no task, no process left."""
+    assert observe(delete_force, ctr) == {"rc": 0, "listed": False, "alive": []}
