@@ -211,8 +211,74 @@ class FsCalls:
 
     def fsconfig(self, fsfd, cmd, key=None, value=None, aux=0):
         check(syscall("fsconfig", fsfd, ctypes.c_uint(cmd), fsencode(key), fsencode(value), aux),
-              "fsconfig %s=%s" % (key, value))
+              "fsconfig %s=%s" % (key, value) if key else "fsconfig create")
 
     def fsmount(self, fsfd, attr_flags=0):
         return check(syscall("fsmount", fsfd, ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)),
                      "fsmount")
+
+    def readlinkat(self, dirfd, name):
+        return _os("readlink %s" % name, lambda: os.readlink(name, dir_fd=dirfd))
+
+    def unlinkat(self, dirfd, name):
+        _os("unlink %s" % name, lambda: os.unlink(name, dir_fd=dirfd))
+
+    def fchownat(self, dirfd, name, uid, gid):
+        _os("chown %s" % name, lambda: os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False))
+
+    def copy_tree(self, src_dirfd, dst_dirfd):
+        """Copy a directory's contents (files, dirs, symlinks, nodes; modes and owners) between
+        two directory fds without following any symlink: tmpcopyup of a hostile image folder."""
+        _copy_tree(src_dirfd, dst_dirfd, 0)
+
+
+def _copy_tree(src, dst, depth):
+    import stat
+    if depth > 64:
+        fail("copy: directories nested deeper than 64", 40)
+    for name in _os("list fd %d" % src, os.listdir, src):
+        st = _os("stat %s" % name, lambda: os.stat(name, dir_fd=src, follow_symlinks=False))
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFLNK:
+            _os("symlink %s" % name, lambda: os.symlink(os.readlink(name, dir_fd=src), name,
+                                                         dir_fd=dst))
+        elif kind == stat.S_IFDIR:
+            _os("mkdir %s" % name, lambda: os.mkdir(name, 0o700, dir_fd=dst))
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            sub_src = _os("open %s" % name, lambda: os.open(name, flags, dir_fd=src))
+            try:
+                sub_dst = _os("open %s" % name, lambda: os.open(name, flags, dir_fd=dst))
+                try:
+                    _copy_tree(sub_src, sub_dst, depth + 1)
+                finally:
+                    os.close(sub_dst)
+            finally:
+                os.close(sub_src)
+        elif kind == stat.S_IFREG:
+            _copy_file(name, src, dst)
+        else:
+            _os("mknod %s" % name, lambda: os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst))
+        _os("chown %s" % name, lambda: os.chown(name, st.st_uid, st.st_gid, dir_fd=dst,
+                                                 follow_symlinks=False))
+        if kind != stat.S_IFLNK:
+            _os("chmod %s" % name, lambda: os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dst))
+
+
+def _copy_file(name, src, dst):
+    fd_in = _os("open %s" % name, lambda: os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                                   dir_fd=src))
+    try:
+        fd_out = _os("create %s" % name, lambda: os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=dst))
+        try:
+            while True:
+                chunk = os.read(fd_in, 1 << 20)
+                if not chunk:
+                    break
+                while chunk:
+                    chunk = chunk[os.write(fd_out, chunk):]
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
