@@ -1,0 +1,320 @@
+"""capsa networking on the real kernel: CNI plugins, bridges, NAT, ports, namespaces (root).
+
+All traffic stays on this machine: 10.89.1xx.0/24 bridges the tests create, and 127.0.0.1. Every
+test checks the host afterwards: no netns mount, lease, veth on the bridge, bridge or iptables rule.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from capsa.engine.network.host import HostSystem
+from capsa.engine.network.manager import NetworkManager
+from capsa.errors import NetworkError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+CNI_DIR = "/usr/lib/cni"
+
+pytestmark = [pytest.mark.root]
+
+
+def _missing():
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("iptables-save", "nsenter", "unshare", "ip"):
+        if not shutil.which(tool):
+            return "needs %s on PATH" % tool
+    if not os.path.exists(BUSYBOX):
+        return "needs busybox (busybox-static)"
+    for plugin in ("bridge", "host-local", "portmap", "firewall", "tuning", "loopback"):
+        if not os.access(os.path.join(CNI_DIR, plugin), os.X_OK):
+            return "needs the CNI plugin %s in %s (containernetworking-plugins)" % (plugin, CNI_DIR)
+    return None
+
+
+if _missing():
+    pytestmark.append(pytest.mark.skip(reason=_missing()))
+
+
+def sh(*argv, check=True):
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise AssertionError("%s: %s%s" % (argv, done.stdout, done.stderr))
+    return done
+
+
+def in_netns(netns, *argv, check=True):
+    return sh("nsenter", "--net=" + netns, *argv, check=check)
+
+
+def in_container(view, *argv, check=True):
+    """argv in the attachment's netns, with its /etc/hosts and resolv.conf mounted over the host's."""
+    script = ("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && "
+              "exec nsenter --net=\"$0\" \"$@\"")
+    return sh("unshare", "-m", "--propagation", "private", "sh", "-c", script, view["netns"],
+              view["hosts"], view["resolv"], *argv, check=check)
+
+
+def free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+class Net:
+    """A manager on a temporary state folder, and the host check that runs when the test ends."""
+
+    def __init__(self, root, default_subnet):
+        self.root = str(root)
+        self.manager = NetworkManager(self.root, default_subnet=default_subnet)
+        self.ids = []
+        self.ips = []
+        self.bridges = set()
+        self.procs = []
+
+    def cid(self):
+        cid = "it" + uuid.uuid4().hex[:14]
+        self.ids.append(cid)
+        return cid
+
+    def attach(self, name, mode, options=None):
+        view = self.manager.attach(self.cid(), name, mode, options or {})
+        self.ips.extend(i["ip"] for i in view["interfaces"] if i["ip"])
+        return view
+
+    def create(self, name, **kwargs):
+        view = self.manager.create(name, **kwargs)
+        self.bridges.add(view.get("bridge"))
+        return view
+
+    def spawn(self, netns, *argv):
+        proc = subprocess.Popen(["nsenter", "--net=" + netns] + list(argv),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def leftovers(self, with_bridges=True):
+        found = []
+        rules = sh("iptables-save").stdout
+        for line in rules.splitlines():
+            if any(c in line for c in self.ids) or any(ip + "/32" in line for ip in self.ips):
+                found.append("rule " + line)
+        with open("/proc/self/mountinfo") as handle:
+            found.extend("mount " + l.split()[4] for l in handle if self.root in l.split()[4])
+        for dirpath, dirs, files in os.walk(os.path.join(self.root, "ipam")):
+            found.extend("lease " + f for f in files if f != "lock" and not f.startswith("last_"))
+        for folder in ("containers", "netns", "cache", "files"):
+            path = os.path.join(self.root, folder)
+            found.extend("state %s/%s" % (folder, e) for e in (os.listdir(path) if os.path.isdir(path) else ()))
+        for bridge in self.bridges:
+            brif = "/sys/class/net/%s/brif" % bridge
+            if os.path.isdir(brif):
+                found.extend("veth %s on %s" % (v, bridge) for v in os.listdir(brif))
+                if with_bridges:
+                    found.append("bridge " + bridge)
+        return found
+
+    def close(self):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        for cid in self.ids:
+            try:
+                self.manager.detach(cid)
+            except NetworkError:
+                pass
+        self.manager.cleanup_stale()
+        for view in self.manager.list():
+            self.bridges.add(view.get("bridge"))
+            self.manager.remove(view["name"])
+
+
+@pytest.fixture
+def net(tmp_path):
+    state = Net(tmp_path / "network", "10.89.150.0/24")
+    try:
+        yield state
+    finally:
+        state.close()
+    assert state.leftovers() == []
+
+
+def test_two_namespaces_reach_each_other_by_ip_and_name(net):
+    net.create("itapp", subnet="10.89.151.0/24")
+    alpha = net.attach("alpha", "itapp", {"aliases": ["db"], "hostname": "alpha-host"})
+    beta = net.attach("beta", "itapp", {})
+    assert alpha["interfaces"][0]["ip"] == "10.89.151.2"
+    in_netns(beta["netns"], BUSYBOX, "ping", "-c1", "-W2", alpha["interfaces"][0]["ip"])
+    for name in ("alpha", "db", "alpha-host"):
+        out = in_container(beta, BUSYBOX, "ping", "-c1", "-W2", name).stdout
+        assert "10.89.151.2" in out
+    # a peer that arrives later shows up in the first one's hosts file
+    assert "10.89.151.3\tbeta" in open(alpha["hosts"]).read()
+    net.manager.check(net.ids[0])
+
+
+def test_published_port_answers_from_the_host(net, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("capsa-published\n")
+    port = free_port()
+    web = net.attach("web", "bridge", {"publish": ["%d:80" % port]})
+    assert web["ports"] == [{"hostIP": "", "hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+    net.spawn(web["netns"], BUSYBOX, "httpd", "-f", "-p", "80", "-h", str(www))
+    gateway = web["interfaces"][0]["gateway"]
+    for host_ip in ("127.0.0.1", gateway):
+        body = None
+        for _ in range(50):
+            try:
+                body = urllib.request.urlopen("http://%s:%d/" % (host_ip, port), timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body == b"capsa-published\n", host_ip
+    # the same host port cannot be published twice
+    with pytest.raises(NetworkError, match="already published"):
+        net.attach("web2", "bridge", {"publish": ["%d:80" % port]})
+    net.manager.detach(net.ids[0])
+    assert net.leftovers(with_bridges=False) == []
+
+
+def test_namespace_reaches_a_server_on_the_gateway(net):
+    view = net.attach("client", "bridge", {})
+    gateway = view["interfaces"][0]["gateway"]
+    server = socket.socket()
+    server.bind((gateway, 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        conn.sendall(b"hello-from-gateway\n")
+        conn.close()
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        out = in_netns(view["netns"], BUSYBOX, "nc", "-w", "3", gateway, str(port)).stdout
+    finally:
+        server.close()
+    assert out == "hello-from-gateway\n"
+    route = in_netns(view["netns"], "ip", "route", "show", "default").stdout
+    assert "via " + gateway in route
+
+
+def test_none_has_only_loopback_and_it_is_up(net):
+    view = net.attach("lonely", "none", {})
+    links = in_netns(view["netns"], "ip", "-o", "link").stdout.splitlines()
+    assert len(links) == 1 and ": lo:" in links[0] and "UP" in links[0]
+    in_netns(view["netns"], BUSYBOX, "ping", "-c1", "-W1", "127.0.0.1")
+
+
+def test_internal_network_has_no_route_out(net):
+    net.create("itinternal", subnet="10.89.152.0/24", internal=True)
+    a = net.attach("in-a", "itinternal", {})
+    b = net.attach("in-b", "itinternal", {})
+    assert in_netns(a["netns"], "ip", "route", "show", "default").stdout.strip() == ""
+    out = in_netns(a["netns"], "ip", "route", "get", "192.0.2.1", check=False)
+    assert out.returncode != 0 and "unreachable" in out.stderr
+    in_netns(a["netns"], BUSYBOX, "ping", "-c1", "-W2", b["interfaces"][0]["ip"])
+
+
+def test_static_ip_mac_mtu_and_resolv(net):
+    net.create("itstatic", subnet="10.89.153.0/24", mtu=1280)
+    view = net.attach("fixed", "itstatic", {"ip": "10.89.153.42", "mac": "02:42:0a:59:99:2a",
+                                             "dns": ["10.89.153.1"], "dns_search": ["it.test"]})
+    link = in_netns(view["netns"], "ip", "-o", "link", "show", "eth0").stdout
+    assert "02:42:0a:59:99:2a" in link and "mtu 1280" in link
+    assert "10.89.153.42/24" in in_netns(view["netns"], "ip", "-o", "addr", "show", "eth0").stdout
+    assert open(view["resolv"]).read().startswith("search it.test\nnameserver 10.89.153.1\n")
+
+
+def test_connect_and_disconnect_a_second_network(net):
+    net.create("itfront", subnet="10.89.154.0/24")
+    net.create("itback", subnet="10.89.155.0/24")
+    web = net.attach("web", "itfront", {})
+    db = net.attach("db", "itback", {})
+    net.manager.connect(net.ids[0], "itback")
+    in_container(db, BUSYBOX, "ping", "-c1", "-W2", "web")
+    net.manager.disconnect(net.ids[0], "itback")
+    assert "eth1" not in in_netns(web["netns"], "ip", "-o", "link").stdout
+    assert "web" not in open(db["hosts"]).read()
+
+
+@pytest.mark.parametrize("case", ["bad-name", "overlap", "port-taken", "missing-plugin"])
+def test_bad_input_is_one_clear_error_and_leaves_nothing(net, tmp_path, case):
+    holder = None
+    try:
+        if case == "bad-name":
+            with pytest.raises(NetworkError, match="network 'nosuchnet' not found"):
+                net.attach("x", "nosuchnet", {})
+        elif case == "overlap":
+            routes = [r for r in HostSystem().read_routes() if not r[0].startswith("0.0.0.0/")]
+            with pytest.raises(NetworkError, match="overlaps the host route"):
+                net.create("itoverlap", subnet=routes[0][0])
+        elif case == "port-taken":
+            holder = socket.socket()
+            holder.bind(("0.0.0.0", 0))
+            holder.listen(1)
+            with pytest.raises(NetworkError, match="already in use on the host"):
+                net.attach("x", "bridge", {"publish": ["%d:80" % holder.getsockname()[1]]})
+        else:
+            partial = tmp_path / "cni"
+            partial.mkdir()
+            for plugin in ("bridge", "host-local", "loopback", "portmap", "tuning"):
+                os.symlink(os.path.join(CNI_DIR, plugin), str(partial / plugin))
+            net.manager.host = HostSystem([str(partial)])
+            with pytest.raises(NetworkError, match="CNI plugin 'firewall' not found") as err:
+                net.attach("x", "bridge", {})
+            assert "containernetworking-plugins" in err.value.line()
+    finally:
+        if holder is not None:
+            holder.close()
+    assert net.leftovers(with_bridges=False) == []
+
+
+_CRASHER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from capsa.engine.network.host import HostSystem
+from capsa.engine.network.manager import NetworkManager
+
+class Crashing(HostSystem):
+    def run_plugin(self, path, env, stdin):
+        if path.endswith("/firewall") and env["CNI_COMMAND"] == "ADD":
+            os.kill(os.getpid(), 9)
+        return HostSystem.run_plugin(self, path, env, stdin)
+
+NetworkManager(sys.argv[2], host=Crashing()).attach(sys.argv[3], "victim", "itcrash",
+                                                    {"publish": [sys.argv[4] + ":80"]})
+"""
+
+
+def test_sigkill_mid_attach_then_cleanup_leaves_nothing(net):
+    net.create("itcrash", subnet="10.89.156.0/24")
+    cid = net.cid()
+    port = free_port()
+    done = subprocess.run([sys.executable, "-c", _CRASHER, REPO, net.root, cid, str(port)],
+                          capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    net.ips.append("10.89.156.2")
+    record = json.load(open(os.path.join(net.root, "containers", cid + ".json")))
+    assert record["status"] == "attaching"
+    # the crash left real things behind: a pinned namespace, a lease, a veth, port rules
+    before = net.leftovers(with_bridges=False)
+    assert any(l.startswith("mount ") for l in before) and any(l.startswith("lease ") for l in before)
+    assert any(l.startswith("veth ") for l in before) and any(cid in l for l in before if l.startswith("rule"))
+    removed = net.manager.cleanup_stale()
+    assert removed == ["container " + cid]
+    assert net.leftovers(with_bridges=False) == []
