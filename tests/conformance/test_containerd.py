@@ -3,6 +3,7 @@
 Scenarios are (runtime, ctr) -> observation dict, as in test_podman.py. Detached tasks run with
 --null-io: nobody reads their fifos once ctr has returned.
 """
+import contextlib
 import os
 import re
 
@@ -25,26 +26,31 @@ def read_task_pids(ctr, name):
     return [int(line.split()[0]) for line in ctr.out("task", "ps", name).splitlines()[1:]]
 
 
-def start_task(ctr, flags, script):
+@contextlib.contextmanager
+def busy_task(c):
+    """A detached task running BUSY (three processes); yields (name, their host pids)."""
     name = unique("t")
-    ctr("run", "-d", "--null-io", *flags, IMAGE, name, "sh", "-c", script)
-    return name
+    c.client("run", "-d", "--null-io", *c.run, IMAGE, name, "sh", "-c", BUSY)
+    try:
+        yield name, wait_for(lambda: len(read_task_pids(c.client, name)) == 3 and
+                             read_task_pids(c.client, name), what="three processes in " + name)
+    finally:
+        c.client("task", "delete", "--force", name, check=False)
+        c.client("container", "delete", name)
 
 
-def remove_task(ctr, name):
-    ctr("task", "delete", "--force", name, check=False)
-    ctr("container", "delete", name)
+def read_alive(pids):
+    return [pid for pid in pids if os.path.exists("/proc/%d" % pid)]
 
 
 def run_rm(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
     name = unique("r")
-    echo = client("run", "--rm", *flags, IMAGE, name, "echo", "hi-ctr")
-    failing = client("run", "--rm", *flags, IMAGE, unique("r"), "sh", "-c", "echo out; exit 3",
-                     check=False)
+    echo = c.client("run", "--rm", *c.run, IMAGE, name, "echo", "hi-ctr")
+    failing = c.client("run", "--rm", *c.run, IMAGE, unique("r"), "sh", "-c", "echo out; exit 3",
+                       check=False)
     return {"echo": [echo.returncode, echo.stdout], "failing": [failing.returncode, failing.stdout],
-            "left": name in client.out("container", "ls", "--quiet").split()}
+            "left": name in c.client.out("container", "ls", "--quiet").split()}
 
 
 @pytest.mark.claimed()
@@ -56,9 +62,9 @@ def test_ctr_run_rm(observe, ctr):
 
 def run_tty(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
-    return read_tty_probe(*client.pty("run", "--rm", "-t", *flags, IMAGE, unique("r"), "sh", "-c",
-                                      TTY_PROBE, answer=("READY", b"typed\r"), rows=33, cols=91))
+    return read_tty_probe(*c.client.pty("run", "--rm", "-t", *c.run, IMAGE, unique("r"), "sh",
+                                        "-c", TTY_PROBE, answer=("READY", b"typed\r"), rows=33,
+                                        cols=91))
 
 
 @pytest.mark.claimed()
@@ -69,16 +75,12 @@ def test_ctr_run_tty(observe, ctr):
 
 def exec_tty(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
-    name = start_task(client, flags, BUSY)
-    try:
-        plain = client("task", "exec", *c.fifo, "--exec-id", "plain", "--cwd", "/tmp", "--user", "1000",
-                       name, "sh", "-c", "echo $(id -u) $(pwd); exit 6", check=False)
-        rc, output = client.pty("task", "exec", *c.fifo, "-t", "--exec-id", "tty", name, "sh", "-c",
-                                TTY_PROBE, answer=("READY", b"again\r"), rows=25, cols=70)
+    with busy_task(c) as (name, _):
+        plain = c.client("task", "exec", *c.fifo, "--exec-id", "plain", "--cwd", "/tmp", "--user",
+                         "1000", name, "sh", "-c", "echo $(id -u) $(pwd); exit 6", check=False)
+        rc, output = c.client.pty("task", "exec", *c.fifo, "-t", "--exec-id", "tty", name, "sh",
+                                  "-c", TTY_PROBE, answer=("READY", b"again\r"), rows=25, cols=70)
         return {"plain": [plain.returncode, plain.stdout], "tty": read_tty_probe(rc, output)}
-    finally:
-        remove_task(client, name)
 
 
 @pytest.mark.claimed()
@@ -91,19 +93,13 @@ def test_ctr_task_exec(observe, ctr):
 
 def ps_pause_resume(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
-    name = start_task(client, flags, BUSY)
-    try:
-        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
-                        read_task_pids(client, name), what="three processes in %s" % name)
-        init = read_tasks(client)[name][0]
-        client("task", "pause", name)
-        paused = read_tasks(client)[name][1]
-        client("task", "resume", name)
+    with busy_task(c) as (name, pids):
+        init = read_tasks(c.client)[name][0]
+        c.client("task", "pause", name)
+        paused = read_tasks(c.client)[name][1]
+        c.client("task", "resume", name)
         return {"ps": len(pids), "init_listed": init in pids, "paused": paused,
-                "resumed": read_tasks(client)[name][1]}
-    finally:
-        remove_task(client, name)
+                "resumed": read_tasks(c.client)[name][1]}
 
 
 @pytest.mark.claimed()
@@ -115,19 +111,13 @@ def test_ctr_ps_pause_resume(observe, ctr):
 
 def kill_all(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
-    name = start_task(client, flags, BUSY)
-    try:
-        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
-                        read_task_pids(client, name), what="three processes in %s" % name)
-        client("task", "kill", "--all", "--signal", "KILL", name)
-        status = wait_for(lambda: read_tasks(client)[name][1] == "STOPPED" and "STOPPED",
+    with busy_task(c) as (name, pids):
+        c.client("task", "kill", "--all", "--signal", "KILL", name)
+        status = wait_for(lambda: read_tasks(c.client)[name][1] == "STOPPED" and "STOPPED",
                           what="%s to stop" % name)
-        deleted = client("task", "delete", name)
-        return {"status": status, "alive": [p for p in pids if os.path.exists("/proc/%d" % p)],
+        deleted = c.client("task", "delete", name)
+        return {"status": status, "alive": read_alive(pids),
                 "delete": re.findall(r"exit code (\d+)", deleted.stderr)}
-    finally:
-        remove_task(client, name)
 
 
 @pytest.mark.claimed()
@@ -138,16 +128,10 @@ def test_ctr_task_kill_all(observe, ctr):
 
 def delete_force(runtime, ctr):
     c = ctr(runtime)
-    client, flags = c.client, c.run
-    name = start_task(client, flags, BUSY)
-    try:
-        pids = wait_for(lambda: len(read_task_pids(client, name)) == 3 and
-                        read_task_pids(client, name), what="three processes in %s" % name)
-        done = client("task", "delete", "--force", name)
-        return {"rc": done.returncode, "listed": name in read_tasks(client),
-                "alive": [p for p in pids if os.path.exists("/proc/%d" % p)]}
-    finally:
-        remove_task(client, name)
+    with busy_task(c) as (name, pids):
+        done = c.client("task", "delete", "--force", name)
+        return {"rc": done.returncode, "listed": name in read_tasks(c.client),
+                "alive": read_alive(pids)}
 
 
 @pytest.mark.claimed()
