@@ -1,8 +1,106 @@
-"""cgroup calls of the kernel seam beyond plain file writes: bpf(2) device programs, cgroup fds.
+"""cgroup calls of the kernel seam beyond plain file writes: cgroup dirs, bpf(2) device programs.
 
 Mirrored by capsa.syscalls.fake; imports only ctypes, os, libc and errors.
 """
+import ctypes
+import os
+
+from capsa.syscalls.libc import check, fail, syscall
+
+# <linux/bpf.h>
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 2
+
+
+class _ProgLoad(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+
+
+class _ProgAttach(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("replace_bpf_fd", ctypes.c_uint32)]
+
+
+class _ProgQuery(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32)]
+
+
+class _GetFdById(ctypes.Structure):
+    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+def _bpf(cmd, attr, what):
+    return check(syscall("bpf", cmd, ctypes.byref(attr), ctypes.sizeof(attr)), what)
 
 
 class CgroupCalls:
-    """Calls that attach programs to cgroups."""
+    """cgroupfs directories and the eBPF device filter of cgroup v2."""
+
+    def mkdir(self, path, mode=0o755):
+        """mkdir of an absolute path (cgroupfs creates the controller files itself)."""
+        try:
+            os.mkdir(path, mode)
+        except OSError as exc:
+            fail("mkdir %s" % path, exc.errno)
+
+    def rmdir(self, path):
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            fail("rmdir %s" % path, exc.errno)
+
+    def bpf_load_device_program(self, insns, license="Apache-2.0"):
+        """Load a BPF_PROG_TYPE_CGROUP_DEVICE program (bytes of struct bpf_insn); returns its fd."""
+        code = ctypes.create_string_buffer(insns, len(insns))
+        lic = ctypes.create_string_buffer(license.encode())
+        log = ctypes.create_string_buffer(65536)
+        attr = _ProgLoad(prog_type=BPF_PROG_TYPE_CGROUP_DEVICE, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                         log_level=1, log_size=len(log), log_buf=ctypes.addressof(log),
+                         prog_name=b"capsa_devices")
+        fd = syscall("bpf", BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+        if fd < 0:
+            err = ctypes.get_errno()
+            fail("bpf(BPF_PROG_LOAD) device filter: " + log.value.decode(errors="replace")[-300:],
+                 err)
+        os.set_inheritable(fd, False)
+        return fd
+
+    def bpf_attach_device_program(self, cgroup_fd, prog_fd):
+        attr = _ProgAttach(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
+                           attach_type=BPF_CGROUP_DEVICE, attach_flags=BPF_F_ALLOW_MULTI)
+        _bpf(BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH) device filter")
+
+    def bpf_detach_device_program(self, cgroup_fd, prog_fd):
+        attr = _ProgAttach(target_fd=cgroup_fd, attach_bpf_fd=prog_fd,
+                           attach_type=BPF_CGROUP_DEVICE)
+        _bpf(BPF_PROG_DETACH, attr, "bpf(BPF_PROG_DETACH) device filter")
+
+    def bpf_query_device_programs(self, cgroup_fd):
+        """Ids of the device programs attached to this cgroup itself."""
+        ids = (ctypes.c_uint32 * 64)()
+        attr = _ProgQuery(target_fd=cgroup_fd, attach_type=BPF_CGROUP_DEVICE,
+                          prog_ids=ctypes.addressof(ids), prog_cnt=64)
+        _bpf(BPF_PROG_QUERY, attr, "bpf(BPF_PROG_QUERY) device filters")
+        return [ids[i] for i in range(attr.prog_cnt)]
+
+    def bpf_prog_fd_by_id(self, prog_id):
+        attr = _GetFdById(prog_id=prog_id)
+        fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr, "bpf(BPF_PROG_GET_FD_BY_ID %d)" % prog_id)
+        os.set_inheritable(fd, False)
+        return fd
