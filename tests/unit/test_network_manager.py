@@ -119,8 +119,9 @@ def test_attach_default_network_creates_it_and_writes_files(env):
     assert got["netns"] == str(root / "netns" / "c1")
     assert got["interfaces"] == [{"network": "capsa", "ifname": "eth0", "ip": "10.89.200.2",
                                   "prefix": 24, "gateway": "10.89.200.1", "mac": "0a:58:00:00:00:02"}]
+    # tuning only runs when a MAC address is asked for
     assert host.commands("ADD") == [("loopback", "ADD"), ("bridge", "ADD"), ("portmap", "ADD"),
-                                    ("firewall", "ADD"), ("tuning", "ADD")]
+                                    ("firewall", "ADD")]
     # each plugin got the previous plugin's result
     assert host.calls[2][4]["prevResult"]["ips"][0]["address"] == "10.89.200.2/24"
     assert "unshare" in kernel.names() and "mount" in kernel.names()
@@ -138,11 +139,10 @@ def test_detach_deletes_in_reverse_with_cached_result_and_leaves_nothing(env):
     manager.attach("c1", "web", "bridge", {"publish": ["8080:80"]})
     del host.calls[:]
     manager.detach("c1")
-    assert host.commands() == [("tuning", "DEL"), ("firewall", "DEL"), ("portmap", "DEL"),
-                               ("bridge", "DEL")]
+    assert host.commands() == [("firewall", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
     for call in host.calls:
         assert call[4]["prevResult"]["ips"][0]["address"] == "10.89.200.2/24"
-    assert host.calls[2][4]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
+    assert host.calls[1][4]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
     assert kernel.calls_of("umount2") == [(str(root / "netns" / "c1"), MNT_DETACH)]
     assert leftovers(root) == []
     manager.detach("c1")  # idempotent
@@ -176,6 +176,8 @@ def test_static_ip_and_mac(env):
     assert got["interfaces"][0]["ip"] == "10.89.21.77" and got["interfaces"][0]["mac"] == "02:42:ac:11:00:09"
     bridge_conf = [c[4] for c in host.calls if c[0] == "bridge"][0]
     assert bridge_conf["runtimeConfig"] == {"ips": ["10.89.21.77/24"]}
+    tuning_conf = [c[4] for c in host.calls if c[0] == "tuning"][0]
+    assert tuning_conf["runtimeConfig"] == {"mac": "02:42:ac:11:00:09"}
     with pytest.raises(NetworkError, match="taken by container x"):
         manager.attach("c2", "y", "app", {"ip": "10.89.21.77"})
     for bad, fragment in (("10.89.22.5", "not a usable"), ("10.89.21.1", "gateway"), ("zz", "not an IP")):
@@ -221,8 +223,7 @@ def test_plugin_failure_mid_chain_rolls_everything_back(env):
     host.failures[("portmap", "ADD")] = "port 80 busy"
     with pytest.raises(NetworkError, match="CNI plugin portmap ADD failed: port 80 busy"):
         manager.attach("c1", "x", "app", {"publish": ["8081:80"]})
-    assert host.commands("DEL") == [("tuning", "DEL"), ("firewall", "DEL"), ("portmap", "DEL"),
-                                    ("bridge", "DEL")]
+    assert host.commands("DEL") == [("firewall", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
     # DEL got the last result the chain produced (the bridge's) as prevResult
     assert host.calls[-1][4]["prevResult"]["ips"][0]["address"] == "10.89.23.2/24"
     assert "umount2" in kernel.names() and leftovers(root) == []
@@ -321,7 +322,7 @@ def test_connect_failure_is_rolled_back(env):
     manager.create("front", subnet="10.89.28.0/24")
     manager.create("back", subnet="10.89.29.0/24")
     manager.attach("c1", "web", "front", {})
-    host.failures[("tuning", "ADD")] = "no"
+    host.failures[("firewall", "ADD")] = "no"
     with pytest.raises(NetworkError):
         manager.connect("c1", "back")
     assert [n["network"] for n in manager.container("c1")["interfaces"]] == ["front"]
@@ -362,7 +363,7 @@ def test_check_runs_check_with_cached_result(env):
     manager, kernel, host, root = env
     manager.attach("c1", "x", "bridge", {})
     manager.check("c1")
-    assert host.commands("CHECK") == [("bridge", "CHECK"), ("firewall", "CHECK"), ("tuning", "CHECK")]
+    assert host.commands("CHECK") == [("bridge", "CHECK"), ("firewall", "CHECK")]
     host.failures[("bridge", "CHECK")] = "veth gone"
     with pytest.raises(NetworkError, match="veth gone"):
         manager.check("c1")

@@ -55,8 +55,8 @@ def test_overlap_with_network_and_route_but_not_default_route():
 def test_free_subnet_skips_taken_ones():
     taken = [("a", "10.89.0.0/24"), ("b", "10.89.1.0/24")]
     assert str(build_free_subnet(taken, [("10.89.2.0/23", "x")])) == "10.89.4.0/24"
-    assert str(build_free_subnet([], [], ("10.88.0.0/16",))) == "10.88.0.0/16"
-    assert str(build_free_subnet([], [("10.88.5.0/24", "y")], ("10.88.0.0/16",))) == "10.89.0.0/24"
+    assert str(build_free_subnet([], [], ("10.87.0.0/16",))) == "10.87.0.0/16"
+    assert str(build_free_subnet([], [("10.87.5.0/24", "y")], ("10.87.0.0/16",))) == "10.89.0.0/24"
 
 
 def test_bridge_name_skips_used():

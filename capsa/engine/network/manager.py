@@ -55,6 +55,15 @@ def _check_mac(mac):
     return mac.lower()
 
 
+def _drop_idle_tuning(network):
+    """tuning only sets a requested MAC; each plugin exec costs ~20 ms at ADD and again at DEL.
+    The chain actually run is what the CNI cache keeps, so DEL matches ADD."""
+    if not network["runtime"].get("mac"):
+        conflist = dict(network["conflist"])
+        conflist["plugins"] = [p for p in conflist["plugins"] if p["type"] != "tuning"]
+        network["conflist"] = conflist
+
+
 class NetworkManager:
     """Every public method takes the state folder's lock; `_` methods expect it held."""
 
@@ -270,6 +279,8 @@ class NetworkManager:
             first["runtime"]["ips"] = [self._check_ip(options["ip"], first, records)]
         if options.get("mac"):
             first["runtime"]["mac"] = _check_mac(options["mac"])
+        for network in record["networks"]:
+            _drop_idle_tuning(network)
         mappings = build_port_mappings(publish, options.get("expose"), options.get("publish_all"))
         if mappings:
             carrier = [n for n in record["networks"]
@@ -515,6 +526,7 @@ class NetworkManager:
         network = {"name": name, "ifname": "eth%d" % index, "runtime": {}, "conflist": conflist}
         if ip:
             network["runtime"]["ips"] = [self._check_ip(ip, network, records)]
+        _drop_idle_tuning(network)
         for alias in aliases or ():
             if check_name(alias, field="--alias", reserved=False) not in record["aliases"]:
                 record["aliases"].append(alias)
