@@ -60,6 +60,14 @@ DEVICE_TYPES = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}
 STRICT_TARGETS = frozenset(("proc", "sysfs"))
 
 
+# The only files a mount may cover inside /proc: those lxcfs emulates. Anything else could hide
+# or redirect /proc/self/attr and friends from the LSM (CVE-2019-16884).
+PROC_MOUNTS_ALLOWED = frozenset((
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/sys/kernel/ns_last_pid",
+    "/proc/sys/crypto/fips_enabled"))
+
+
 def build_mount_features():
     """Every mount option word capsa accepts: what `features` advertises as mountOptions."""
     words = set(MOUNT_OPTIONS) | set(RECURSIVE_OPTIONS) | set(PROPAGATION_OPTIONS)
@@ -151,6 +159,12 @@ def build_mount(mount, index, bundle_dir):
     if source is not None and (not isinstance(source, str) or "\0" in source):
         raise ConfigError("must be a path string", field=field + ".source")
     bind = isinstance(options, list) and _is_bind(mount, options)
+    if dest == "/proc" and not bind and fstype != "proc":
+        raise ConfigError("only a proc filesystem may be mounted on /proc", field=field + ".type",
+                          hint='use "type": "proc"')
+    if dest.startswith("/proc/") and dest not in PROC_MOUNTS_ALLOWED:
+        raise ConfigError("mounts inside /proc are refused, except on " +
+                          ", ".join(sorted(PROC_MOUNTS_ALLOWED)), field=field + ".destination")
     opts = build_mount_options(options, bind, field + ".options")
     step = {"field": field, "dest": dest, "attrs": opts["attrs"], "rattrs": opts["rattrs"],
             "propagation": opts["propagation"]}

@@ -315,3 +315,30 @@ def test_bad_source_fails_cleanly(bundle, tmp_path):
     code, out = run_in_container(bundle, spec, "echo RAN")
     assert code == 121 and "RAN" not in out
     assert "mounts[7].source: cannot bind" in out
+
+
+def test_rshared_root_propagation_pivots(bundle):
+    spec = make_spec()
+    spec["linux"]["rootfsPropagation"] = "rshared"
+    code, out = run_in_container(bundle, spec, "cat /proc/self/mountinfo")
+    assert code == 0, out
+    assert "shared:" in mount_line(out, "/")
+
+
+def test_mount_into_procfs_through_a_symlink_refused(bundle):
+    os.symlink("/proc/self", bundle / "rootfs" / "selfish")
+    spec = make_spec(mounts=default_mounts() + [
+        {"destination": "/selfish/attr", "type": "tmpfs", "source": "tmpfs"}])
+    code, out = run_in_container(bundle, spec, "echo RAN")
+    assert code == 121 and "RAN" not in out
+    assert "mounts[7].destination: /selfish/attr resolves into procfs" in out
+
+
+def test_lxcfs_style_file_over_proc_allowed(bundle, tmp_path):
+    fake = tmp_path / "uptime"
+    fake.write_text("1.00 2.00\n")
+    spec = make_spec(mounts=default_mounts() + [
+        {"destination": "/proc/uptime", "source": str(fake), "options": ["bind", "ro"]}])
+    code, out = run_in_container(bundle, spec, "cat /proc/uptime")
+    assert code == 0, out
+    assert out == "1.00 2.00\n"

@@ -116,6 +116,8 @@ def test_proc_and_sysfs_need_real_directories():
     ({"destination": "/x", "type": "tmpfs", "options": "ro"}, "mounts[0].options", "list"),
     ({"destination": "/x", "type": "tmpfs", "options": [""]}, "mounts[0].options", "non-empty"),
     ("tmpfs", "mounts[0]", "object"),
+    ({"destination": "/proc", "type": "tmpfs"}, "mounts[0].type", "only a proc filesystem"),
+    ({"destination": "/proc/self/attr", "type": "tmpfs"}, "mounts[0].destination", "inside /proc"),
 ])
 def test_bad_mounts_name_the_field(mount, field, words):
     err = config_error([mount])
@@ -222,3 +224,9 @@ def test_masked_and_readonly_paths_are_cleaned():
     plan = plan_of(maskedPaths=["/proc/kcore", "/proc//acpi/"], readonlyPaths=["/proc/sys"])
     assert plan["masked"] == ["/proc/kcore", "/proc/acpi"]
     assert plan["readonly_paths"] == ["/proc/sys"]
+
+
+def test_lxcfs_files_may_cover_proc_entries():
+    (step,) = steps_of(plan_of([{"destination": "/proc/meminfo", "source": "/var/lib/lxcfs/proc/meminfo",
+                                 "options": ["bind"]}]), "bind")
+    assert step["dest"] == "/proc/meminfo"

@@ -33,6 +33,15 @@ class Tree:
         kernel.failures["mkdirat"] = self.create_failure
         kernel.returns["fstat"] = self.fstat
         kernel.returns["readlinkat"] = self.readlink
+        kernel.returns["fstatfs_type"] = self.fstatfs_type
+        self.procfs = set()  # paths that are on procfs
+
+    def fstatfs_type(self, args):
+        path = self.kernel.fd_paths.get(args[0])
+        if isinstance(path, int):  # an fsmount fd: the type its fsopen asked for
+            path = self.kernel.fd_paths.get(path)
+            return fs.PROC_SUPER_MAGIC if path == "proc" else fs.TMPFS_MAGIC
+        return fs.PROC_SUPER_MAGIC if path in self.procfs else 0xEF53
 
     def full(self, dirfd, name):
         base = self.kernel.fd_paths.get(dirfd, "")
@@ -132,8 +141,9 @@ def test_apply_mounts_prepares_the_root_and_closes_every_fd():
     kernel = kernel_with()
     rootfs.apply_mounts(kernel, make_plan([{"destination": "/proc", "type": "proc"}]))
     assert kernel.calls[0] == ("mount", None, "/", None, fs.MS_REC | fs.MS_PRIVATE)
-    assert kernel.calls[1] == ("mount", "/b/rootfs", "/b/rootfs", None, fs.MS_BIND | fs.MS_REC)
-    assert kernel.calls[2] == ("open", "/b/rootfs", os.O_PATH | os.O_DIRECTORY)
+    assert kernel.calls[1] == ("mount", None, "/b/rootfs", None, fs.MS_PRIVATE)
+    assert kernel.calls[2] == ("mount", "/b/rootfs", "/b/rootfs", None, fs.MS_BIND | fs.MS_REC)
+    assert kernel.calls[3] == ("open", "/b/rootfs", os.O_PATH | os.O_DIRECTORY)
     assert kernel.calls_of("umask") == [(0,), (0o022,)]
     assert open_fds(kernel) == []
 
@@ -393,3 +403,47 @@ def test_apply_console_binds_the_pty_onto_a_placeholder_file():
     assert kernel.calls_of("open_tree")[0][1] == "/dev/pts/0"
     assert kernel.fd_paths[kernel.calls_of("move_mount")[0][2]] == "dev/console"
     assert open_fds(kernel) == []
+
+
+def test_a_destination_that_resolves_into_procfs_is_refused():
+    kernel = FakeKernel()
+    tree = Tree(kernel, {"proc": "dir", "proc/self": "dir", "proc/self/attr": "dir",
+                         "selfish": ("link", "/proc/self")})
+    tree.procfs.update(("proc/self", "proc/self/attr"))
+    plan = make_plan([{"destination": "/selfish/attr", "type": "tmpfs"}])
+    plan["steps"] = plan["steps"][:1]
+    with pytest.raises(ContainerError) as info:
+        rootfs.apply_mounts(kernel, plan)
+    assert info.value.field == "mounts[0].destination" and "procfs" in info.value.message
+    assert "move_mount" not in kernel.names() and open_fds(kernel) == []
+
+
+def test_a_bind_over_proc_must_be_procfs():
+    kernel = kernel_with()
+    plan = make_plan([{"destination": "/proc", "type": "bind", "source": "/tmp/fakeproc",
+                       "options": ["rbind"]}])
+    plan["steps"] = plan["steps"][:1]
+    with pytest.raises(ContainerError) as info:
+        rootfs.apply_mounts(kernel, plan)
+    assert info.value.field == "mounts[0].source" and "not a proc filesystem" in info.value.message
+
+
+def test_the_rootfs_parent_mount_is_found_by_walking_up():
+    kernel = kernel_with()
+    kernel.failures["mount"] = lambda args: errno.EINVAL if args[1] in ("/b/rootfs", "/b") \
+        and args[3] == fs.MS_PRIVATE else None
+    rootfs.apply_mounts(kernel, make_plan())
+    private = [c[1] for c in kernel.calls_of("mount") if c[3] == fs.MS_PRIVATE]
+    assert private == ["/b/rootfs", "/b", "/"]
+
+
+def test_shared_root_propagation_is_applied_after_pivot_only():
+    kernel = kernel_with()
+    plan = make_plan(rootfsPropagation="rshared")
+    rootfs.apply_mounts(kernel, plan)
+    assert kernel.calls_of("mount")[:2] == [(None, "/", None, fs.MS_SHARED | fs.MS_REC),
+                                            (None, "/b/rootfs", None, fs.MS_PRIVATE)]
+    kernel = pivot_kernel({})
+    rootfs.apply_pivot(kernel, plan)
+    assert kernel.calls_of("mount")[-1] == (None, "/", None, fs.MS_SHARED | fs.MS_REC)
+    assert kernel.names().index("pivot_root") < len(kernel.names()) - 1

@@ -2,7 +2,8 @@
 
 Every mount goes through fds (open_tree/fsmount + move_mount onto an O_PATH fd resolved with
 RESOLVE_IN_ROOT), so a destination swapped for a symlink cannot redirect it (CVE-2021-30465).
-Imports only os, stat, the fs constants, paths and errors; all calls go through `kernel`.
+Imports only os, stat, the fs constants, paths, mounts' tables and errors; all calls go through
+`kernel`.
 """
 import errno
 import os
@@ -10,11 +11,13 @@ import stat
 
 from capsa.errors import ContainerError, KernelError
 from capsa.runtime.apply.paths import is_dir_fd, make_in_root, open_in_root, split_path
+from capsa.runtime.mounts import PROC_MOUNTS_ALLOWED
 from capsa.syscalls.fs import (
     AT_EMPTY_PATH, AT_FDCWD, AT_RECURSIVE, FSCONFIG_CMD_CREATE, FSCONFIG_SET_FLAG,
     FSCONFIG_SET_STRING, MNT_DETACH, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
-    MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH, MS_BIND, MS_MOVE, MS_REC,
-    MS_SLAVE, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE)
+    MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH, MS_BIND, MS_MOVE,
+    MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
+    PROC_SUPER_MAGIC)
 
 _EMPTY = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
 _MASK_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
@@ -31,6 +34,7 @@ def apply_mounts(kernel, plan):
     kernel.mount(None, "/", None, propagation | (MS_REC if recursive else 0))
     rootfs = plan["rootfs"]
     try:
+        apply_parent_private(kernel, rootfs, propagation)
         kernel.mount(rootfs, rootfs, None, MS_BIND | MS_REC)
     except KernelError as err:
         raise ContainerError("cannot use %s as the root filesystem: %s" % (rootfs, err.message),
@@ -48,6 +52,21 @@ def apply_mounts(kernel, plan):
             kernel.umask(old_umask)
     finally:
         kernel.close(root_fd)
+
+
+def apply_parent_private(kernel, path, propagation):
+    """Make the mount holding `path` private (slave if asked): pivot_root(2) refuses a shared
+    parent, and the rootfs self-bind would otherwise propagate to the host's peers."""
+    flags = MS_SLAVE if propagation == MS_SLAVE else MS_PRIVATE
+    while True:
+        try:
+            kernel.mount(None, path, None, flags)
+            return
+        except KernelError as err:
+            # EINVAL: not a mount point; the holding mount is further up.
+            if err.errno != errno.EINVAL or path == "/":
+                raise
+        path = path.rsplit("/", 1)[0] or "/"
 
 
 def _set_attrs(kernel, mount_fd, step):
@@ -70,6 +89,7 @@ def _attach(kernel, root_fd, step, mount_fd, is_dir):
     try:
         if step.get("strict"):
             _check_strict(kernel, root_fd, step)
+        _check_proc(kernel, step, mount_fd, target)
         if is_dir_fd(kernel, target) != is_dir:
             raise ContainerError("%s in the container is a %s, but the source is a %s" % (
                 step["dest"], "directory" if not is_dir else "file",
@@ -77,6 +97,17 @@ def _attach(kernel, root_fd, step, mount_fd, is_dir):
         kernel.move_mount(mount_fd, "", target, "", _EMPTY)
     finally:
         kernel.close(target)
+
+
+def _check_proc(kernel, step, mount_fd, target):
+    """Over /proc only procfs; inside procfs only the lxcfs files, wherever symlinks led."""
+    if step["dest"] == "/proc":
+        if kernel.fstatfs_type(mount_fd) != PROC_SUPER_MAGIC:
+            raise ContainerError("%s is not a proc filesystem" % step.get("source"),
+                                 field=step["field"] + ".source", hint="mount type proc on /proc")
+    elif kernel.fstatfs_type(target) == PROC_SUPER_MAGIC and step["dest"] not in PROC_MOUNTS_ALLOWED:
+        raise ContainerError("%s resolves into procfs: mounts there are refused" % step["dest"],
+                             field=step["field"] + ".destination")
 
 
 def _check_strict(kernel, root_fd, step):
@@ -249,6 +280,10 @@ def apply_pivot(kernel, plan):
         kernel.mount(None, ".", None, MS_SLAVE | MS_REC)
         kernel.umount2(".", MNT_DETACH)
     kernel.chdir("/")
+    propagation, recursive = plan["propagation"]
+    if propagation in (MS_SHARED, MS_UNBINDABLE):
+        # Only now: on the old root this would have reached the host through shared peers.
+        kernel.mount(None, "/", None, propagation | (MS_REC if recursive else 0))
     root_fd = kernel.open("/", os.O_PATH | os.O_DIRECTORY)
     try:
         apply_masks(kernel, root_fd, plan["masked"])
