@@ -17,7 +17,7 @@ _V1_CPU_FILES = (("shares", "cpu.shares"), ("period", "cpu.cfs_period_us"),
                  ("quota", "cpu.cfs_quota_us"), ("burst", "cpu.cfs_burst_us"),
                  ("realtimePeriod", "cpu.rt_period_us"), ("realtimeRuntime", "cpu.rt_runtime_us"),
                  ("idle", "cpu.idle"))
-_RESOURCE_KEYS = ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "network",
+RESOURCE_KEYS = ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "network",
                   "rdma", "unified")
 
 
@@ -574,6 +574,6 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
         "freezer": freezer,
         "cpuset_root": layout["v1"].get("cpuset"),
         "layout": layout,
-        "resources": {key: resources[key] for key in _RESOURCE_KEYS if key in resources},
+        "resources": {key: resources[key] for key in RESOURCE_KEYS if key in resources},
         "created": [],
     }
