@@ -318,3 +318,34 @@ def test_sigkill_mid_attach_then_cleanup_leaves_nothing(net):
     removed = net.manager.cleanup_stale()
     assert removed == ["container " + cid]
     assert net.leftovers(with_bridges=False) == []
+
+
+@pytest.fixture
+def dummy_parent():
+    # a veth pair: the kernel here has no dummy driver; deleting one end deletes both
+    name = "capsatmv%d" % (os.getpid() % 1000)
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
+    try:
+        sh("ip", "link", "set", name, "up")
+        sh("ip", "link", "set", name + "p", "up")
+        yield name
+    finally:
+        sh("ip", "link", "delete", name, check=False)
+
+
+def test_macvlan_network_on_a_parent_the_test_made(dummy_parent, net):
+    view = net.create("itmacvlan", driver="macvlan", parent=dummy_parent, subnet="10.89.157.0/24")
+    assert view["parent"] == dummy_parent
+    a = net.attach("mv-a", "itmacvlan", {})
+    b = net.attach("mv-b", "itmacvlan", {})
+    assert "macvlan" in in_netns(a["netns"], "ip", "-d", "-o", "link", "show", "eth0").stdout
+    in_netns(a["netns"], BUSYBOX, "ping", "-c1", "-W2", b["interfaces"][0]["ip"])
+    with pytest.raises(NetworkError, match="cannot publish"):
+        net.attach("mv-c", "itmacvlan", {"publish": ["80"]})
+    with pytest.raises(NetworkError, match="parent interface 'nosuchlink0' does not exist"):
+        net.create("itmacvlan2", driver="macvlan", parent="nosuchlink0", subnet="10.89.158.0/24")
+    # the parent vanishes under running containers: detach still leaves nothing
+    sh("ip", "link", "delete", dummy_parent)
+    for cid in net.ids:
+        net.manager.detach(cid)
+    assert net.leftovers(with_bridges=False) == []

@@ -1,7 +1,7 @@
 """A fake host for the network manager: CNI plugins simulated in-process, host facts as data.
 
-The bridge/macvlan fake allocates addresses like host-local does (one lease file per address under
-the conflist's ipam dataDir), so tests that look for leaked leases look at real files.
+The bridge/macvlan fake allocates addresses like host-local does (one lease file per address in
+dataDir/<network name>/), so tests that look for leaked leases look at real files.
 """
 import ipaddress
 import json
@@ -59,7 +59,7 @@ class FakeHost:
     def _allocate(self, conf, env):
         span = conf["ipam"]["ranges"][0][0]
         net = ipaddress.ip_network(span["subnet"])
-        folder = os.path.join(conf["ipam"]["dataDir"])
+        folder = os.path.join(conf["ipam"]["dataDir"], conf["name"])
         os.makedirs(folder, exist_ok=True)
         wanted = conf.get("runtimeConfig", {}).get("ips")
         if wanted:
@@ -87,7 +87,7 @@ class FakeHost:
                 "routes": conf["ipam"]["routes"]}
 
     def _release(self, conf, env):
-        folder = conf["ipam"]["dataDir"]
+        folder = os.path.join(conf["ipam"]["dataDir"], conf["name"])
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, name)
             with open(path) as handle:

@@ -87,7 +87,7 @@ def test_create_list_inspect_remove(env):
     assert [n["name"] for n in manager.list()] == ["auto", "web"]
     assert manager.inspect("web")["containers"] == {}
     conflist = json.loads((root / "networks" / "web.conflist").read_text())
-    assert conflist["plugins"][0]["ipam"]["dataDir"] == str(root / "ipam" / "web")
+    assert conflist["plugins"][0]["ipam"]["dataDir"] == str(root / "ipam")
     host.bridges.add("capsa0")
     host.links.add("capsa0")
     manager.remove("web")

@@ -88,11 +88,13 @@ def run_check(host, conflist, container_id, netns, ifname, runtime_config, resul
         _run(host, path, "CHECK", conf, env, conflist["name"])
 
 
-def run_del(host, conflist, container_id, netns, ifname, runtime_config=None, result=None):
+def run_del(host, conflist, container_id, netns, ifname, runtime_config=None, result=None, skip=()):
     """DEL in reverse order with the cached result; every plugin runs, the first error is raised."""
     env = build_env("DEL", container_id, netns, ifname, host.plugin_dirs)
     first = None
     for plugin in reversed(conflist["plugins"]):
+        if plugin["type"] in skip:
+            continue
         try:
             path = host.find_plugin(plugin["type"])
             conf = build_plugin_config(conflist, plugin, runtime_config, result)

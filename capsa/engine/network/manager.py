@@ -154,8 +154,9 @@ class NetworkManager:
             device = build_bridge_name(links | set(read_facts(c).get("device")
                                                    for c in networks.values()))
         import time
+        # host-local keeps its leases in dataDir/<network name>/<ip>
         conflist = build_network(name, net, gateway, ip_range, internal, mtu, driver, device,
-                                 os.path.join(self.store.ipam, name),
+                                 self.store.ipam,
                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), default)
         write_json(self.store.network_path(name), conflist)
         return network_view(conflist, {})
@@ -449,8 +450,14 @@ class NetworkManager:
             conflist, runtime, result = cache["config"], cache["runtimeConfig"], cache["result"]
         else:
             conflist, runtime, result = network["conflist"], network["runtime"], None
+        skip = ()
+        main = conflist["plugins"][0]
+        if main["type"] == "macvlan" and main.get("master") not in self.host.read_links():
+            # macvlan <= 1.1 reads the parent's MTU even for DEL and fails once the parent is gone;
+            # the macvlan link died with its parent, and the lease is released below.
+            skip = ("macvlan",)
         try:
-            cni.run_del(self.host, conflist, cid, netns, network["ifname"], runtime, result)
+            cni.run_del(self.host, conflist, cid, netns, network["ifname"], runtime, result, skip)
         finally:
             # host-local keeps one file per lease; DEL may not have reached it (plugin missing).
             self._release_leases(cid, network["name"])
