@@ -233,3 +233,18 @@ def test_fake_kernel_records_the_create_sequence():
     manager.apply_cgroup_join(kernel, plan, 99)
     assert kernel.calls == [("mkdir", "/cg/pids/x", 0o755), ("write_file", "/cg/pids/x/pids.max", "3"),
                             ("write_file", "/cg/pids/x/cgroup.procs", "99")]
+
+
+def test_enable_refused_by_a_busy_parent_is_explained_and_undone(tmp_path):
+    fs, kernel, plan = make(tmp_path, "v2", {"pids": {"limit": 3}})
+    real_write = kernel.write_file
+
+    def write(path, data, dirfd=None):
+        if path.endswith("/pod/cgroup.subtree_control"):
+            raise KernelError("write", errno=errno.EBUSY)
+        real_write(path, data, dirfd)
+    kernel.write_file = write
+    with pytest.raises(KernelError) as info:
+        manager.apply_cgroup_create(kernel, plan)
+    assert info.value.field == "linux.cgroupsPath" and "no processes" in info.value.hint
+    assert not os.path.exists(os.path.join(fs.root, "unified", "pod"))

@@ -214,3 +214,9 @@ def test_devices_nodes_of_the_spec_are_allowed_and_defaults_follow(tmp_path):
                              "c1", fs.layout())
     assert plan["device_rules"][:2] == [[False, "a", -1, -1, "rwm"], [True, "c", 10, 229, "rwm"]]
     assert [True, "c", 136, -1, "rwm"] in plan["device_rules"]
+
+
+def test_hybrid_enables_nothing_when_no_limit_needs_cgroup2(tmp_path):
+    fs = TmpCgroupFs(tmp_path, "hybrid", v1=("memory", "pids"), v2=("hugetlb",))
+    plan = build_cgroup_plan({"resources": {"memory": {"limit": 1 << 20}}}, "c1", fs.layout())
+    assert plan["enable"] == [] and "unified" in plan["paths"]

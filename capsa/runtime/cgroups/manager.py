@@ -158,7 +158,13 @@ def apply_cgroup_create(kernel, plan):
                     if new.startswith(cpuset_root.rstrip("/") + "/"):
                         _fill_cpuset(kernel, new)
         for directory, name, line in plan.get("enable", ()):
-            kernel.write_file(directory + "/" + name, line)
+            try:
+                kernel.write_file(directory + "/" + name, line)
+            except KernelError as err:
+                raise KernelError("cannot enable %s for the container in %s: %s"
+                                  % (line, directory, os.strerror(err.errno)), errno=err.errno,
+                                  field="linux.cgroupsPath",
+                                  hint="use a cgroupsPath whose parents hold no processes")
         _apply_devices(kernel, plan["devices"])
         apply_writes(kernel, plan["writes"])
     except BaseException:

@@ -546,6 +546,11 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
     unified = paths.get("unified")
     if unified:
         wanted = [name for name in layout.get("v2_controllers", ()) if name not in layout["v1"]]
+        if layout["mode"] == "hybrid":
+            # Only what a write needs: the runtime's own cgroup may be an ancestor, and a v2
+            # cgroup holding processes refuses subtree_control (EBUSY, "no internal processes").
+            used = set(entry[1].split(".")[0] for entry in writes if entry[0] == unified)
+            wanted = [name for name in wanted if name in used]
         if wanted:
             # A v2 controller is usable in a child only once every ancestor enables it.
             root = layout["v2"].rstrip("/")
