@@ -4,6 +4,7 @@ Owns the list of OCI runtimes (RUNTIMES), which scenario is collected for which 
 session fixtures that give podman/buildah/ctr an isolated configuration under one scratch folder
 and prove on teardown that nothing is left on the host. Imports nothing from capsa.
 """
+import copy
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from tests.conformance import clients, traces
 
 RUNTIMES = {
     "runc": "/usr/sbin/runc",
-    "capsa-runtime": "/usr/local/bin/capsa-runtime",
+    "capsa-runtime": os.environ.get("CAPSA_RUNTIME", "/usr/local/bin/capsa-runtime"),
 }
 """Every OCI runtime the tier knows: podman/ctr/buildah name -> binary.
 
@@ -26,7 +27,7 @@ runs the scenario under both runtimes and asserts their observations are equal.
 
 By hand: CAPSA_CONFORMANCE_TRY=capsa-runtime collects that runtime for every selected scenario,
 claimed or not; CAPSA_CONFORMANCE_ARGV_LOG=DIR wraps each runtime in a logger that appends its
-argv to DIR/argv.log (see capsa_check.sh).
+argv to DIR/argv.log (see capsa_check.sh); CAPSA_RUNTIME=PATH tests another capsa-runtime binary.
 """
 REFERENCE = "runc"
 NAMESPACE = "capsaconf%d" % os.getpid()
@@ -70,11 +71,11 @@ def observe(runtime):
         key = "%s.%s" % (scenario.__module__, scenario.__qualname__)
         got = scenario(runtime, *args)
         if runtime == REFERENCE:
-            _reference_results[key] = got
+            _reference_results[key] = copy.deepcopy(got)
         else:
             if key not in _reference_results:
                 _reference_results[key] = scenario(REFERENCE, *args)
-            want = _reference_results[key]
+            want = copy.deepcopy(_reference_results[key])
             assert got == want, "%s observed %r where %s observed %r" % (
                 runtime, got, REFERENCE, want)
         return got
@@ -212,6 +213,7 @@ def _check_host_clean(top, before):
     after = traces.read_traces(top, NAMESPACE)
     parents = {c for c in after["cgroups"] - before["cgroups"] if _is_client_cgroup(c)}
     traces.remove_empty_cgroups(parents)
+    traces.remove_client_paths(after["client_paths"] - before["client_paths"])
     after = traces.read_traces(top, NAMESPACE)
     left = {kind: sorted(after[kind] - before[kind]) for kind in after}
     left = {kind: items for kind, items in left.items() if items}

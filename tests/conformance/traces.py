@@ -8,6 +8,10 @@ import os
 CGROUP_ROOT = "/sys/fs/cgroup"
 # podman's runtimes never get --root: runc and capsa-runtime keep state in their default roots
 STATE_DIRS = ("/run/runc", "/run/capsa", "/run/containerd/s", "/run/containerd/fifo")
+# the clients' host-wide files (podman's shm lock table, empty parents of the per-container
+# state), deepest first: removed at the end if this session created them
+CLIENT_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/containers",
+                "/run/containerd/s", "/run/containerd/fifo", "/run/containerd")
 
 
 def read_traces(top, namespace):
@@ -18,6 +22,7 @@ def read_traces(top, namespace):
     """
     cgroups = set(read_cgroups(namespace))
     return {
+        "client_paths": {p for p in CLIENT_PATHS if os.path.lexists(p)},
         "state": {os.path.join(d, e) for d in STATE_DIRS + tuple(_ctr_roots(top))
                   for e in _listdir(d)},
         "cgroups": cgroups,
@@ -78,6 +83,16 @@ def remove_empty_cgroups(paths):
             os.rmdir(path)
         except OSError:
             pass
+
+
+def remove_client_paths(paths):
+    """Remove the given CLIENT_PATHS: the file, or the directory if empty (else it stays)."""
+    for path in CLIENT_PATHS:
+        if path in paths:
+            try:
+                (os.rmdir if os.path.isdir(path) else os.unlink)(path)
+            except OSError:
+                pass
 
 
 def _listdir(path):
