@@ -336,6 +336,14 @@ def build_merged_resources(old, new):
     if not isinstance(new, dict):
         raise ConfigError("must be a JSON object of linux.resources", field="resources")
     merged = dict(old or {})
+    memory = new.get("memory")
+    old_memory = merged.get("memory") or {}
+    if isinstance(memory, dict) and "limit" in memory and "swap" not in memory and \
+            old_memory.get("limit") and old_memory.get("swap") == old_memory.get("limit"):
+        # Swap was off (memory+swap == memory): keep it off at the new limit, or v1 refuses a
+        # limit above the old memsw and v2 would suddenly allow swap.
+        memory = dict(memory, swap=memory["limit"])
+        new = dict(new, memory=memory)
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             area = dict(merged[key])
