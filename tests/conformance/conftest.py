@@ -1,7 +1,7 @@
 """The conformance tier's harness: runtimes, their claims, the observe-and-compare fixture, the clients.
 
 Owns the list of OCI runtimes (RUNTIMES), which scenario is collected for which runtime, and the
-session fixtures that give podman/buildah/ctr an isolated configuration under one scratch folder
+package-scoped fixtures that give podman/buildah/ctr an isolated configuration under one scratch folder
 and prove on teardown that nothing is left on the host. Imports nothing from capsa.
 """
 import copy
@@ -82,9 +82,10 @@ def observe(runtime):
     return observe
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def top():
-    """The tier's scratch folder; also the place check_host_clean() proves empty of traces."""
+    """The tier's scratch folder. Package scope: the leftover check runs right after the tier's
+    last test, before other tiers of the same pytest run could add traces of their own."""
     if os.geteuid() != 0:
         pytest.skip("the conformance tier needs root (podman/containerd as root, cgroups)")
     missing = [b for b in ("podman", "buildah", "containerd", "ctr", "conmon") if not shutil.which(b)]
@@ -96,7 +97,7 @@ def top():
     _check_host_clean(path, before)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def runtimes(top):
     """{name: binary} as the clients call them; logging wrappers under CAPSA_CONFORMANCE_ARGV_LOG."""
     logdir = os.environ.get("CAPSA_CONFORMANCE_ARGV_LOG")
@@ -131,7 +132,7 @@ exec %(b)s "$@"
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def podman_env(top, runtimes):
     """The environment of podman and buildah, with localhost/busybox:latest imported offline."""
     env = clients.write_podman_conf(top, runtimes)
@@ -146,19 +147,19 @@ def podman_env(top, runtimes):
     podman("system", "reset", "--force", check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def podman(podman_env):
     """podman(runtime) -> Client for `podman --runtime <runtime>` (the name in [engine.runtimes])."""
     return lambda runtime: clients.Client(["podman", "--runtime", runtime], podman_env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def buildah(podman_env, runtimes):
     """buildah(runtime) -> Client for `buildah`; pass --runtime runtimes[runtime] to build."""
     return lambda runtime: clients.Client(["buildah"], podman_env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def containerd(top, podman_env):
     """A containerd of our own on a private socket, namespace NAMESPACE, busybox imported."""
     proc, sock = clients.start_containerd(top)
@@ -184,7 +185,7 @@ def _remove_ctr_objects(ctr):
     ctr("namespaces", "remove", NAMESPACE, check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ctr(containerd, runtimes, top):
     """ctr(runtime) -> CtrFor: .client (ctr on our socket and namespace), .run (the `ctr run`
     flags that select the runtime binary and its root), .fifo (the flags every command that
