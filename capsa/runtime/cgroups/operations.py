@@ -1,0 +1,116 @@
+"""Container-level cgroup operations behind the pause, resume, update, events and ps commands:
+load the container's state, check its status, act on its cgroup plan, save the new plan.
+
+Imports state and errors at module level; the manager, stats and json only when used.
+"""
+import os
+
+from capsa.errors import StateError, UsageError
+from capsa.runtime import state as states
+
+_LIVE = ("created", "running", "paused")
+
+
+def read_live_container(root, container_id, allowed=_LIVE):
+    """(record, status, plan) of a container whose status is in `allowed`, with a cgroup."""
+    record = states.load(root, container_id)
+    status = states.derive_status(record)
+    if status not in allowed:
+        wanted = " or ".join(allowed)
+        raise StateError("container %s is %s, not %s" % (container_id, status, wanted))
+    plan = record.get("cgroup")
+    if not plan or not plan.get("paths"):
+        raise StateError("container %s has no cgroup" % container_id)
+    return record, status, plan
+
+
+def apply_pause(root, container_id, frozen, kernel=None):
+    """pause (frozen=True) a running container, or resume (False) a paused one."""
+    from capsa.runtime.cgroups.manager import apply_freeze
+    record, _, plan = read_live_container(root, container_id,
+                                          ("running",) if frozen else ("paused",))
+    if kernel is None:
+        from capsa.syscalls.kernel import Kernel
+        kernel = Kernel()
+    lock_fd = states.lock(record["dir"])
+    try:
+        apply_freeze(kernel, plan, frozen)
+    finally:
+        os.close(lock_fd)
+
+
+def apply_container_update(root, container_id, resources, kernel=None):
+    """Apply new limits to a live container and keep them in its state; returns the new plan."""
+    from capsa.runtime.cgroups.manager import apply_update
+    record, _, plan = read_live_container(root, container_id)
+    if kernel is None:
+        from capsa.syscalls.kernel import Kernel
+        kernel = Kernel()
+    lock_fd = states.lock(record["dir"])
+    try:
+        new_plan = apply_update(kernel, plan, resources)
+        directory = record.pop("dir")
+        record["cgroup"] = new_plan
+        if isinstance(record.get("plan"), dict) and "cgroup" in record["plan"]:
+            record["plan"]["cgroup"] = new_plan
+        linux = (record.get("spec") or {}).get("linux")
+        if isinstance(linux, dict):
+            linux["resources"] = new_plan["resources"]
+        states.save(directory, record)
+    finally:
+        os.close(lock_fd)
+    return new_plan
+
+
+def run_events(root, container_id, write, interval=5.0, stats_once=False, clock=None, sleep=None):
+    """`events`: one stats event (--stats), or a stats event every `interval` seconds plus an
+    "oom" event whenever the kernel's OOM killer strikes, until the container stops."""
+    import time
+    from capsa.runtime.cgroups.control import build_event
+    from capsa.runtime.cgroups.manager import read_stats
+    from capsa.runtime.cgroups.stats import read_oom_count
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    record, _, plan = read_live_container(root, container_id)
+    if stats_once:
+        write(build_event("stats", container_id, read_stats(plan)))
+        return
+    if interval <= 0:
+        raise UsageError("--interval must be positive")
+    ooms = read_oom_count(plan)
+    due = clock() + interval
+    # OOM kills are polled from memory.oom_control / memory.events at least 10 times a second.
+    tick = min(interval, 0.1)
+    while True:
+        sleep(tick)
+        count = read_oom_count(plan)
+        if count > ooms:
+            write(build_event("oom", container_id))
+            ooms = count
+        if states.derive_status(record) == "stopped":
+            return
+        if clock() >= due:
+            write(build_event("stats", container_id, read_stats(plan)))
+            due += interval
+
+
+def read_ps(root, container_id, fmt="table", ps_args=()):
+    """`ps`: the container's pids as JSON, or `ps` output (default -ef) cut to its rows."""
+    from capsa.runtime.cgroups.manager import read_pids
+    if fmt not in ("table", "json"):
+        raise UsageError("invalid --format %r: use table or json" % fmt)
+    _, _, plan = read_live_container(root, container_id)
+    pids = read_pids(plan)
+    if fmt == "json":
+        import json
+        return json.dumps(pids) + "\n"
+    import subprocess  # only `ps` needs a child program; never on the create path
+    from capsa.runtime.cgroups.control import build_ps_table
+    try:
+        done = subprocess.run(["ps"] + (list(ps_args) or ["-ef"]), capture_output=True)
+    except OSError as exc:
+        raise UsageError("cannot run ps: %s" % exc.strerror, hint="install procps")
+    if done.returncode != 0:
+        raise UsageError("ps %s failed: %s" % (" ".join(ps_args),
+                                               done.stderr.decode(errors="replace").strip()))
+    return build_ps_table(done.stdout.decode(errors="replace"), pids)

@@ -1,0 +1,101 @@
+"""pause/resume/update/events/ps on a container record whose cgroups live in a temporary
+cgroupfs; the container's init is a real sleeping child so its status is derived as runc does."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from capsa.errors import StateError, UsageError
+from capsa.runtime import state as states
+from capsa.runtime.cgroups import manager, operations
+from capsa.runtime.cgroups.plan import build_cgroup_plan
+from tests.unit.test_cgroups_fixture import TmpCgroupFs, TmpCgroupKernel
+
+
+@pytest.fixture
+def container(tmp_path):
+    fs = TmpCgroupFs(tmp_path / "cg", "v1")
+    kernel = TmpCgroupKernel(fs)
+    plan = build_cgroup_plan({"cgroupsPath": "/ctr", "resources": {"pids": {"limit": 5},
+                                                                   "memory": {"limit": 1 << 20}}},
+                             "c1", fs.layout())
+    manager.apply_cgroup_create(kernel, plan)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    root = tmp_path / "state"
+    directory = root / "c1"
+    os.makedirs(directory)
+    record = {"id": "c1", "pid": sleeper.pid, "pid_start": states.read_start_time(sleeper.pid),
+              "cgroup": plan, "plan": {"cgroup": plan}, "spec": {"linux": {}}}
+    states.save(str(directory), record)
+    with open(os.path.join(plan["paths"]["pids"], "cgroup.procs"), "w") as handle:
+        handle.write("%d\n" % sleeper.pid)
+    yield {"root": str(root), "fs": fs, "kernel": kernel, "plan": plan, "sleeper": sleeper}
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_pause_then_resume(container):
+    root, kernel = container["root"], container["kernel"]
+    operations.apply_pause(root, "c1", True, kernel)
+    assert states.derive_status(states.load(root, "c1")) == "paused"
+    with pytest.raises(StateError) as info:
+        operations.apply_pause(root, "c1", True, kernel)
+    assert "paused, not running" in info.value.message
+    operations.apply_pause(root, "c1", False, kernel)
+    assert states.derive_status(states.load(root, "c1")) == "running"
+    with pytest.raises(StateError):
+        operations.apply_pause(root, "c1", False, kernel)
+
+
+def test_update_writes_and_saves_the_new_plan(container):
+    root, fs = container["root"], container["fs"]
+    operations.apply_container_update(root, "c1", {"pids": {"limit": 9}}, container["kernel"])
+    assert fs.read("pids/ctr/pids.max") == "9"
+    record = states.load(root, "c1")
+    assert record["cgroup"]["resources"]["pids"] == {"limit": 9}
+    assert record["cgroup"]["resources"]["memory"] == {"limit": 1 << 20}
+    assert record["plan"]["cgroup"]["resources"]["pids"] == {"limit": 9}
+    assert record["spec"]["linux"]["resources"]["pids"] == {"limit": 9}
+    assert record["cgroup"]["created"] == container["plan"]["created"]
+
+
+def test_stopped_container_is_refused(container):
+    container["sleeper"].kill()
+    container["sleeper"].wait()
+    with pytest.raises(StateError) as info:
+        operations.apply_container_update(container["root"], "c1", {}, container["kernel"])
+    assert "stopped" in info.value.message
+
+
+def test_events_stats_once_and_stream_with_oom(container):
+    lines = []
+    operations.run_events(container["root"], "c1", lines.append, stats_once=True)
+    event = json.loads(lines[0])
+    assert event["type"] == "stats" and event["id"] == "c1"
+    assert event["data"]["pids"]["limit"] == 5
+    lines.clear()
+    now = [0.0]
+    memory = container["plan"]["paths"]["memory"]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if abs(now[0] - 1.0) < 1e-6:
+            with open(memory + "/memory.oom_control", "w") as handle:
+                handle.write("oom_kill_disable 0\noom_kill 1\n")
+        if now[0] > 2.55:
+            container["sleeper"].kill()
+            container["sleeper"].wait()
+    operations.run_events(container["root"], "c1", lines.append, interval=1.0,
+                          clock=lambda: now[0], sleep=sleep)
+    kinds = [json.loads(line)["type"] for line in lines]
+    assert kinds == ["oom", "stats", "stats"]
+
+
+def test_ps_json_and_table(container):
+    pid = container["sleeper"].pid
+    assert json.loads(operations.read_ps(container["root"], "c1", "json")) == [pid]
+    table = operations.read_ps(container["root"], "c1", "table", ["-o", "pid,comm"])
+    assert table.split() == ["PID", "COMMAND", str(pid), "sleep"]
+    with pytest.raises(UsageError):
+        operations.read_ps(container["root"], "c1", "yaml")
