@@ -1,0 +1,143 @@
+"""Pure pieces of the monitor, logs, records and CLI table (no root, no runtime)."""
+import io
+import os
+
+import pytest
+
+from capsa.errors import StateError
+from capsa.engine import cli, logs, monitor
+from capsa.engine.lifecycle import build_go_template, build_cp_target, read_inside
+from capsa.engine.output import build_age, build_status_text, read_timestamp
+from capsa.engine.store import ContainerStore, format_time
+
+
+def test_log_records_roundtrip_with_partial_lines():
+    recs, rest = monitor.build_log_records("stdout", b"", b"one\ntwo\nthr", 1.5)
+    assert rest == b"thr"
+    recs2, rest = monitor.build_log_records("stdout", rest, b"ee", 2.0, final=True)
+    assert rest == b""
+    parsed = monitor.read_log_records(recs + recs2)
+    assert [(p[1], p[2], p[3]) for p in parsed] == [("stdout", False, b"one"),
+                                                    ("stdout", False, b"two"),
+                                                    ("stdout", True, b"three")]
+    assert parsed[0][0] == "1970-01-01T00:00:01.500000000Z"
+
+
+def test_log_output_tail_and_timestamps():
+    data = b"".join(monitor.build_log_line(s, d, p, 10.0) for s, d, p in
+                    [("stdout", b"a", False), ("stderr", b"b", False), ("stdout", b"c", True),
+                     ("stdout", b"d", False)])
+    out = logs.build_log_output(data, None, False)
+    assert out == [("stdout", b"a\n"), ("stderr", b"b\n"), ("stdout", b"cd\n")]
+    assert logs.build_log_output(data, 1, False) == [("stdout", b"cd\n")]
+    assert logs.build_log_output(data, 0, False) == []
+    stamped = logs.build_log_output(data, 1, True)
+    assert stamped[0][1].startswith(b"1970-01-01T00:00:10") and stamped[0][1].endswith(b" cd\n")
+    assert logs.build_log_output(b"x\ny\nz\n", 2, False, raw=True) == [("stdout", b"y\nz\n")]
+
+
+@pytest.mark.parametrize("policy,code,count,stop,expected", [
+    ({"name": "no"}, 1, 0, False, False),
+    ({"name": "always"}, 0, 5, False, True),
+    ({"name": "always"}, 0, 0, True, False),
+    ({"name": "unless-stopped"}, 3, 0, False, True),
+    ({"name": "on-failure", "max_retries": 0}, 0, 0, False, False),
+    ({"name": "on-failure", "max_retries": 0}, 2, 9, False, True),
+    ({"name": "on-failure", "max_retries": 2}, 2, 1, False, True),
+    ({"name": "on-failure", "max_retries": 2}, 2, 2, False, False),
+])
+def test_restart_decision(policy, code, count, stop, expected):
+    assert monitor.build_restart_decision(policy, code, count, stop) is expected
+
+
+def test_exit_code_for_runtime_errors():
+    assert monitor.build_exit_code_for_error('exec: "x": executable file not found in $PATH') == 127
+    assert monitor.build_exit_code_for_error("exec /a: permission denied") == 126
+    assert monitor.build_exit_code_for_error("cgroup: invalid argument") == 125
+
+
+def test_store_names_are_exclusive_and_lookup_by_prefix(tmp_path):
+    store = ContainerStore(str(tmp_path))
+    a, b = "ab" + "0" * 62, "ac" + "0" * 62
+    store.reserve(a, "web")
+    store.save({"id": a, "name": "web", "created": format_time(1)})
+    with pytest.raises(StateError) as exc:
+        store.reserve(b, "web")
+    assert "already in use" in exc.value.line()
+    assert not os.path.exists(store.path(b))
+    store.reserve(b, None)
+    store.save({"id": b, "name": None, "created": format_time(2)})
+    assert store.lookup("web")["id"] == a
+    assert store.lookup("ac")["id"] == b
+    with pytest.raises(StateError):
+        store.lookup("a")
+    with pytest.raises(StateError):
+        store.lookup("zz")
+    assert [r["id"] for r in store.records()] == [b, a]
+    assert store.status(store.load(a)) == "created"
+    store.set_state(a, status="running", pid=2 ** 22 + 7, pid_start=1)
+    assert store.status(store.load(a)) == "exited"
+    store.remove(store.load(a))
+    with pytest.raises(StateError):
+        store.lookup("web")
+
+
+def test_ages_and_statuses():
+    assert build_age(0.2) == "Less than a second"
+    assert build_age(5) == "5 seconds"
+    assert build_age(90) == "About a minute"
+    assert build_age(3 * 3600) == "3 hours"
+    assert read_timestamp(format_time(100.25)) == pytest.approx(100.25)
+    assert build_status_text("exited", {"exit_code": 3, "finished_at": format_time(95)},
+                             100) == "Exited (3) 5 seconds ago"
+    assert build_status_text("created", {}, 0) == "Created"
+
+
+def test_go_template_subset():
+    row = {"Id": "abc", "Names": "web", "Status": "Up"}
+    assert build_go_template("{{.ID}}\\t{{.Names}}", row) == "abc\tweb"
+    assert build_go_template("{{json .}}", row).startswith("{")
+    with pytest.raises(Exception):
+        build_go_template("{{.Nope}}", row)
+
+
+def test_cp_paths_stay_inside(tmp_path):
+    assert build_cp_target("web:/etc/passwd") == ("web", "/etc/passwd")
+    assert build_cp_target("/host/file") == (None, "/host/file")
+    root = tmp_path / "r"
+    (root / "etc").mkdir(parents=True)
+    os.symlink("/etc", root / "escape")
+    assert read_inside(str(root), "/etc/x") == str(root / "etc" / "x")
+    with pytest.raises(Exception):
+        read_inside(str(root), "/escape/shadow")
+    with pytest.raises(Exception):
+        read_inside(str(root), "/../../etc")
+
+
+def run_cli(argv, tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    ctx = cli.Context(str(tmp_path), stdout=out, stderr=err)
+    code = cli.main(argv, ctx)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_table_and_errors(tmp_path):
+    code, out, _ = run_cli(["--help"], tmp_path)
+    assert code == 0 and "run" in out and "start-all" in out
+    code, _, err = run_cli(["frobnicate"], tmp_path)
+    assert code == 125 and "unknown command" in err
+    code, _, err = run_cli(["ps", "--bogus"], tmp_path)
+    assert code == 125 and "--bogus" in err
+    code, _, err = run_cli(["rm", "nosuch"], tmp_path)
+    assert code == 1 and "no such container: nosuch" in err
+    code, out, _ = run_cli(["ps", "-a", "--format", "json"], tmp_path)
+    assert code == 0 and out.strip() == "[]"
+    code, _, err = run_cli(["run", "--rootfs", str(tmp_path / "missing"), "true"], tmp_path)
+    assert code == 125 and "does not exist" in err
+    assert not os.path.exists(tmp_path / "containers") or not os.listdir(tmp_path / "containers")
+
+
+def test_group_commands_resolve():
+    assert cli.build_command(["container", "ls"])[:3] == ("capsa.engine.lifecycle", "cmd_ps", "ps")
+    assert cli.build_command(["image", "inspect", "x"])[1] == "cmd_image_inspect"
+    assert cli.build_command(["volume", "ls"])[1] == "cmd_volume"
