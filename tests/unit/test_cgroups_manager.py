@@ -248,3 +248,19 @@ def test_enable_refused_by_a_busy_parent_is_explained_and_undone(tmp_path):
         manager.apply_cgroup_create(kernel, plan)
     assert info.value.field == "linux.cgroupsPath" and "no processes" in info.value.hint
     assert not os.path.exists(os.path.join(fs.root, "unified", "pod"))
+
+
+def test_device_update_keeps_the_spec_device_nodes_allowed(tmp_path):
+    fs = TmpCgroupFs(tmp_path, "v1", v1=("devices",))
+    plan = build_cgroup_plan({"cgroupsPath": "/x", "devices": [
+        {"type": "c", "path": "/dev/fuse", "major": 10, "minor": 229}]}, "c1", fs.layout())
+    kernel = TmpCgroupKernel(fs)
+    manager.apply_cgroup_create(kernel, plan)
+    new = manager.apply_update(kernel, plan, {"devices": [{"allow": False, "access": "rwm"},
+                                                          {"allow": True, "type": "c",
+                                                           "major": 1, "minor": 11,
+                                                           "access": "r"}]})
+    assert new["device_rules"][:3] == [[False, "a", -1, -1, "rwm"], [True, "c", 1, 11, "r"],
+                                       [True, "c", 10, 229, "rwm"]]
+    lines = [entry[2] for entry in kernel.log if entry[0] == "write"]
+    assert lines[-12:-9] == ["a", "c 1:11 r", "c 10:229 rwm"]

@@ -356,8 +356,8 @@ def build_merged_resources(old, new):
 
 def apply_update(kernel, plan, resources):
     """Apply changed limits to a live container; returns the new plan (save it to state)."""
-    from capsa.runtime.cgroups.plan import build_device_setup, build_writes_for
-    from capsa.runtime.cgroups.devices import DEFAULT_ALLOWED, build_device_rules
+    from capsa.runtime.cgroups.plan import (build_all_device_rules, build_device_setup,
+                                            build_writes_for)
     merged = build_merged_resources(plan.get("resources"), resources)
     changed = {key: merged[key] for key in resources if key != "devices"}
     writes = build_writes_for(plan["paths"], plan["layout"], changed)
@@ -366,7 +366,7 @@ def apply_update(kernel, plan, resources):
     new_plan["writes"] = build_writes_for(plan["paths"], plan["layout"],
                                           {k: v for k, v in merged.items() if k != "devices"})
     if "devices" in resources:
-        rules = build_device_rules(resources["devices"]) + [list(r) for r in DEFAULT_ALLOWED]
+        rules = build_all_device_rules(resources["devices"], plan.get("node_rules") or [])
         new_plan["device_rules"] = rules
         new_plan["devices"] = build_device_setup(plan["paths"], plan["layout"], rules)
     apply_writes(kernel, writes)

@@ -490,17 +490,21 @@ def build_resource_writes(resources, layout):
     return writes.entries
 
 
-def build_all_device_rules(linux):
-    """The spec's device cgroup rules, then allow rules for linux.devices nodes and the defaults."""
-    resources = linux.get("resources") or {}
-    rules = build_device_rules(resources.get("devices"))
+def build_node_rules(linux):
+    """Allow rules for the device nodes linux.devices asks the runtime to create."""
+    rules = []
     devices = linux.get("devices") or []
-    for index, device in enumerate(devices if isinstance(devices, list) else []):
+    for device in devices if isinstance(devices, list) else []:
         if isinstance(device, dict) and device.get("type") in ("c", "b", "u") and \
                 type(device.get("major")) is int and type(device.get("minor")) is int:
             rules.append([True, "b" if device["type"] == "b" else "c", device["major"],
                           device["minor"], "rwm"])
-    return rules + [list(rule) for rule in DEFAULT_ALLOWED]
+    return rules
+
+
+def build_all_device_rules(devices, node_rules):
+    """The spec's device cgroup rules, then the linux.devices nodes, then the defaults."""
+    return build_device_rules(devices) + node_rules + [list(rule) for rule in DEFAULT_ALLOWED]
 
 
 def _dir_of(paths, controller):
@@ -541,7 +545,8 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
     if not isinstance(resources, dict):
         raise ConfigError("must be an object", field="linux.resources")
     writes = build_writes_for(paths, layout, resources)
-    rules = build_all_device_rules(linux)
+    node_rules = build_node_rules(linux)
+    rules = build_all_device_rules(resources.get("devices"), node_rules)
     enable = []
     unified = paths.get("unified")
     if unified:
@@ -575,6 +580,7 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
         "enable": enable,
         "writes": writes,
         "device_rules": rules,
+        "node_rules": node_rules,
         "devices": build_device_setup(paths, layout, rules),
         "freezer": freezer,
         "cpuset_root": layout["v1"].get("cpuset"),
