@@ -263,4 +263,4 @@ def test_device_update_keeps_the_spec_device_nodes_allowed(tmp_path):
     assert new["device_rules"][:3] == [[False, "a", -1, -1, "rwm"], [True, "c", 1, 11, "r"],
                                        [True, "c", 10, 229, "rwm"]]
     lines = [entry[2] for entry in kernel.log if entry[0] == "write"]
-    assert lines[-12:-9] == ["a", "c 1:11 r", "c 10:229 rwm"]
+    assert lines[-14:-11] == ["a", "c 1:11 r", "c 10:229 rwm"]
