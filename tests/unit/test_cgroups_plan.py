@@ -220,3 +220,13 @@ def test_hybrid_enables_nothing_when_no_limit_needs_cgroup2(tmp_path):
     fs = TmpCgroupFs(tmp_path, "hybrid", v1=("memory", "pids"), v2=("hugetlb",))
     plan = build_cgroup_plan({"resources": {"memory": {"limit": 1 << 20}}}, "c1", fs.layout())
     assert plan["enable"] == [] and "unified" in plan["paths"]
+
+
+def test_relative_path_on_cgroup2_sits_beside_the_runtime_not_below_it(tmp_path):
+    fs = TmpCgroupFs(tmp_path, "v2")
+    layout = fs.layout()
+    layout["own"]["unified"] = fs.root + "/unified/user.slice/session-1.scope"
+    plan = build_cgroup_plan({}, "c1", layout)
+    assert plan["paths"]["unified"] == fs.root + "/unified/user.slice/c1"
+    layout["own"]["unified"] = fs.root + "/unified"
+    assert build_cgroup_plan({}, "c1", layout)["paths"]["unified"] == fs.root + "/unified/c1"

@@ -98,8 +98,12 @@ def build_cgroup_paths(linux, container_id, layout, systemd=False):
         if inner.startswith("/"):
             base = mountpoint.rstrip("/")
         else:
-            # A relative path lives below the runtime's own cgroup (runc's rule).
+            # A relative path lives below the runtime's own cgroup (runc's rule); on cgroup2
+            # below its parent, since the runtime's own cgroup holds processes and so may not
+            # enable controllers for children ("no internal processes").
             base = (own.get(controller) or mountpoint).rstrip("/")
+            if controller == "unified" and base != mountpoint.rstrip("/"):
+                base = base.rsplit("/", 1)[0]
         paths[controller] = base + "/" + inner.strip("/")
     return paths
 
