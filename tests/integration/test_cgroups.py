@@ -336,3 +336,34 @@ def test_a_refused_limit_leaves_no_cgroup_behind(cgroup):
         if mountpoint:
             assert not [name for name in os.listdir(mountpoint)
                         if name.startswith("capsa-test-%d-" % os.getpid())]
+
+
+def _unified_only(layout):
+    """This host's layout seen as if only cgroup2 were there (its controllers are few, but
+    cgroup.freeze, cgroup.kill and device programs need none)."""
+    if not layout["v2"]:
+        pytest.skip("host has no cgroup2 mount")
+    return dict(layout, mode="v2", v1={})
+
+
+def test_cgroup2_freeze_and_kill(cgroup):
+    plan = cgroup({}, _unified_only(read_layout()))
+    assert plan["freezer"] == ["v2", plan["paths"]["unified"]]
+    if not os.path.exists(plan["paths"]["unified"] + "/cgroup.kill"):
+        pytest.skip("kernel has no cgroup.kill (Linux < 5.14)")
+
+    def spin():
+        end = time.time() + 10
+        while time.time() < end:
+            pass
+    child = Child(spin).start(plan)
+    manager.apply_freeze(KERNEL, plan, True)
+    assert manager.read_frozen(plan) == "frozen"
+    before, _ = _cpu_ticks(child.pid)
+    time.sleep(0.2)
+    assert _cpu_ticks(child.pid)[0] == before
+    manager.apply_freeze(KERNEL, plan, False)
+    assert manager.read_frozen(plan) == "thawed"
+    assert manager.read_pids(plan) == [child.pid]
+    manager.apply_kill_all(KERNEL, plan, signal.SIGKILL)   # through cgroup.kill alone
+    assert os.WTERMSIG(child.wait()) == signal.SIGKILL
