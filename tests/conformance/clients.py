@@ -16,9 +16,6 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexisten
 GROUP = "root:x:0:\nnogroup:x:65534:\ntester:x:1000:\n"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE = "localhost/busybox:latest"
-# No CAP_SYS_RESOURCE on this host: podman's default RLIMIT_NOFILE/NPROC of 1048576 cannot be set
-# (runc: "error setting rlimit type 7"). Stay within the caller's hard limits.
-ULIMITS = ("nofile=%d:%d", "nproc=%d:%d")
 
 
 # What a terminal looks like from inside, then a typed line. ctr sizes the console only after the task started (on a 0x0 terminal busybox `stty size`
@@ -106,9 +103,11 @@ def write_podman_conf(top, runtimes):
     conf = os.path.join(top, "podman")
     tmp = os.path.join(conf, "vartmp")
     os.makedirs(tmp, exist_ok=True)
+    # No CAP_SYS_RESOURCE on the CI host: podman's default RLIMIT_NOFILE/NPROC of 1048576
+    # cannot be set (runc: "error setting rlimit type 7"); stay within our hard limits
     nofile = min(20000, _hard_limit("RLIMIT_NOFILE"))
     nproc = min(32768, _hard_limit("RLIMIT_NPROC"))
-    ulimits = ", ".join('"%s"' % (u % (n, n)) for u, n in zip(ULIMITS, (nofile, nproc)))
+    ulimits = '"nofile=%d:%d", "nproc=%d:%d"' % (nofile, nofile, nproc, nproc)
     names = ["crun", "runc", "kata", "runsc", "krun"] + [n for n in runtimes if n != "runc"]
     table = "".join('"%s" = ["%s"]\n' % (name, path) for name, path in runtimes.items())
     files = {

@@ -154,9 +154,9 @@ def podman(podman_env):
 
 
 @pytest.fixture(scope="package")
-def buildah(podman_env, runtimes):
-    """buildah(runtime) -> Client for `buildah`; pass --runtime runtimes[runtime] to build."""
-    return lambda runtime: clients.Client(["buildah"], podman_env)
+def buildah(podman_env):
+    """Client for buildah on podman's storage; `build --runtime runtimes[name]` picks the runtime."""
+    return clients.Client(["buildah"], podman_env)
 
 
 @pytest.fixture(scope="package")

@@ -36,8 +36,7 @@ def read_image_file(bd, image, *paths):
         bd("rm", working)
 
 
-def build(runtime, buildah, runtimes, tmp):
-    bd = buildah(runtime)
+def build(runtime, bd, runtimes, tmp):
     context = os.path.join(tmp, runtime)
     os.makedirs(context)
     with open(os.path.join(context, "Containerfile"), "w") as f:
