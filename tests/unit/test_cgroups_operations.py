@@ -41,7 +41,7 @@ def test_pause_then_resume(container):
     assert states.derive_status(states.load(root, "c1")) == "paused"
     with pytest.raises(StateError) as info:
         operations.apply_pause(root, "c1", True, kernel)
-    assert "paused, not running" in info.value.message
+    assert "paused, not running or created" in info.value.message
     operations.apply_pause(root, "c1", False, kernel)
     assert states.derive_status(states.load(root, "c1")) == "running"
     with pytest.raises(StateError):
@@ -99,3 +99,16 @@ def test_ps_json_and_table(container):
     assert table.split() == ["PID", "COMMAND", str(pid), "sleep"]
     with pytest.raises(UsageError):
         operations.read_ps(container["root"], "c1", "yaml")
+
+
+def test_a_created_container_can_be_paused_and_resumed(container):
+    root, kernel = container["root"], container["kernel"]
+    fifo = os.path.join(root, "c1", states.FIFO_NAME)
+    os.mkfifo(fifo)
+    with pytest.raises(StateError) as info:
+        operations.apply_pause(root, "c1", False, kernel)
+    assert "created, not paused" in info.value.message
+    operations.apply_pause(root, "c1", True, kernel)
+    assert container["fs"].read("freezer/ctr/freezer.state") == "FROZEN"
+    operations.apply_pause(root, "c1", False, kernel)
+    assert container["fs"].read("freezer/ctr/freezer.state") == "THAWED"

@@ -25,10 +25,17 @@ def read_live_container(root, container_id, allowed=_LIVE):
 
 
 def apply_pause(root, container_id, frozen, kernel=None):
-    """pause (frozen=True) a running container, or resume (False) a paused one."""
-    from capsa.runtime.cgroups.manager import apply_freeze
-    record, _, plan = read_live_container(root, container_id,
-                                          ("running",) if frozen else ("paused",))
+    """pause (frozen=True) a running or created container, or resume (False) a paused one.
+
+    As runc, a created container may be paused too; its status stays "created" (the exec
+    fifo decides that), so resume looks at the freezer itself.
+    """
+    from capsa.runtime.cgroups.manager import apply_freeze, read_frozen
+    record, status, plan = read_live_container(root, container_id,
+                                               ("running", "created") if frozen else
+                                               ("paused", "created"))
+    if not frozen and status == "created" and read_frozen(plan) != "frozen":
+        raise StateError("container %s is created, not paused" % container_id)
     if kernel is None:
         from capsa.syscalls.kernel import Kernel
         kernel = Kernel()
