@@ -56,7 +56,8 @@ class _TarFiles:
             raise ImageError("%s does not exist" % path, field="archive", hint="check the path") \
                 from None
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise _broken(path, "not a readable tar archive (%s)" % exc) from None
+            from capsa.engine.images.layer import one_line
+            raise _broken(path, "not a readable tar archive (%s)" % one_line(exc)) from None
 
     def open(self, rel):
         from capsa.engine.images.layer import build_entry_path

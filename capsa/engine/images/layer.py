@@ -55,6 +55,17 @@ def read_compression(path):
     return None
 
 
+def zlib_error():
+    import zlib
+    return zlib.error
+
+
+def one_line(exc):
+    """The first line of an exception's text (tarfile joins several reasons with newlines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(":") if lines else exc.__class__.__name__
+
+
 class DecompressedFile:
     """Open `path` decompressed (gzip/xz/bzip2 in-process, zstd through the zstd command)."""
 
@@ -86,8 +97,8 @@ class DecompressedFile:
     def read(self, n=-1):
         try:
             return self.stream.read(n)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ImageError("%s: corrupt compressed data (%s)" % (self.path, exc),
+        except (OSError, EOFError, ValueError, zlib_error()) as exc:
+            raise ImageError("%s: corrupt compressed data (%s)" % (self.path, one_line(exc)),
                              hint="the archive is broken; download or build it again") from None
 
     def close(self):
@@ -310,7 +321,7 @@ def apply_unpack_layer(stream, dest, overlay=True):
             for member in tar:
                 unpacker.entry(tar, member)
     except tarfile.TarError as exc:
-        raise ImageError("layer is not a valid tar archive (%s)" % exc, field="layer",
+        raise ImageError("layer is not a valid tar archive (%s)" % one_line(exc), field="layer",
                          hint="the archive is broken; download or build it again") from None
     except EOFError:
         raise ImageError("layer tar archive ends early", field="layer",
