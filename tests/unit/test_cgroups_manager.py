@@ -264,3 +264,20 @@ def test_device_update_keeps_the_spec_device_nodes_allowed(tmp_path):
                                        [True, "c", 10, 229, "rwm"]]
     lines = [entry[2] for entry in kernel.log if entry[0] == "write"]
     assert lines[-14:-11] == ["a", "c 1:11 r", "c 10:229 rwm"]
+
+
+def test_failed_update_puts_the_old_limits_back(tmp_path):
+    fs, kernel, plan = make(tmp_path, "v1", {"pids": {"limit": 20}, "cpu": {"shares": 512}})
+    manager.apply_cgroup_create(kernel, plan)
+    real_write = kernel.write_file
+
+    def write(path, data, dirfd=None):
+        if path.endswith("cpu.shares") and data == "4":
+            raise KernelError("write", errno=errno.EIO)
+        real_write(path, data, dirfd)
+    kernel.write_file = write
+    with pytest.raises(KernelError) as info:
+        manager.apply_update(kernel, plan, {"pids": {"limit": 7}, "cpu": {"shares": 4}})
+    assert info.value.field == "linux.resources.cpu.shares"
+    assert fs.read("pids/pod/ctr/pids.max") == "20"
+    assert fs.read("cpu/pod/ctr/cpu.shares") == "512"

@@ -369,7 +369,18 @@ def apply_update(kernel, plan, resources):
         rules = build_all_device_rules(resources["devices"], plan.get("node_rules") or [])
         new_plan["device_rules"] = rules
         new_plan["devices"] = build_device_setup(plan["paths"], plan["layout"], rules)
-    apply_writes(kernel, writes)
+    try:
+        apply_writes(kernel, writes)
+    except KernelError:
+        # Half an update is worse than none: put back what the changed areas had (runc does
+        # the same), then report the first error.
+        old = plan.get("resources") or {}
+        try:
+            apply_writes(kernel, build_writes_for(plan["paths"], plan["layout"],
+                                                  {key: old[key] for key in changed if key in old}))
+        except (KernelError, ConfigError):
+            pass
+        raise
     if "devices" in resources:
         _apply_devices(kernel, new_plan["devices"])
     return new_plan
