@@ -367,3 +367,15 @@ def test_cgroup2_freeze_and_kill(cgroup):
     assert manager.read_pids(plan) == [child.pid]
     manager.apply_kill_all(KERNEL, plan, signal.SIGKILL)   # through cgroup.kill alone
     assert os.WTERMSIG(child.wait()) == signal.SIGKILL
+
+
+def test_cpuset_pins_the_child(cgroup):
+    _needs(read_layout(), "cpuset")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("host has a single CPU")
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    plan = cgroup({"cpu": {"cpus": str(cpu), "shares": 256}})
+    status = Child(lambda: 40 + len(os.sched_getaffinity(0)) + 10 * (
+        os.sched_getaffinity(0) == {cpu})).start(plan).wait()
+    assert os.WEXITSTATUS(status) == 51
+    assert open(plan["paths"]["cpu"] + "/cpu.shares").read().strip() == "256"
