@@ -1,8 +1,8 @@
 """The real clients (podman, buildah, containerd's ctr) as the conformance tier drives them.
 
-Owns their isolated configuration under one scratch folder, the offline busybox image, the
-containerd daemon's life, and running a client under a real pty. Imports nothing from capsa:
-the tier sees capsa-runtime only as a binary, as podman and containerd do.
+Owns their isolated configuration under one scratch folder, the containerd daemon's life, and
+running a client under a real pty. Imports nothing from capsa's runtime: the tier sees
+capsa-runtime only as a binary, as podman and containerd do.
 """
 import os
 import re
@@ -10,16 +10,13 @@ import shlex
 import subprocess
 import time
 
-# /etc/passwd of the image: root, nobody, and the unprivileged user the --user scenarios use
-PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n" \
-         "tester:x:1000:1000:tester:/home/tester:/bin/sh\n"
-GROUP = "root:x:0:\nnogroup:x:65534:\ntester:x:1000:\n"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE = "localhost/busybox:latest"
 
 
-# What a terminal looks like from inside, then a typed line. ctr sizes the console only after the task started (on a 0x0 terminal busybox `stty size`
-# prints nothing, and exits 0): wait up to 3 s for a size
+# What a terminal looks like from inside, then a typed line. ctr sizes the console only after
+# the task started (on a 0x0 terminal busybox `stty size` prints nothing and exits 0): wait up
+# to 3 s for a size
 TTY_PROBE = 'echo TTY=$(tty); i=0; while [ -z "$(stty size 2>/dev/null)" ] && [ $i -lt 30 ]; ' \
             'do sleep 0.1; i=$((i+1)); done; echo SIZE=$(stty size); echo READY; read line; ' \
             'echo GOT=$line; exit 3'
@@ -56,41 +53,6 @@ def wait_for(probe, timeout=20, what="condition"):
 
 class ClientError(AssertionError):
     """A client command failed or hung; the message carries its argv and output."""
-
-
-def build_busybox_tar(workdir, busybox="/bin/busybox"):
-    """Write workdir/busybox-rootfs.tar: busybox-static, a symlink per applet, passwd/group."""
-    import shutil
-    import tarfile
-    root = os.path.join(workdir, "rootfs")
-    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run",
-                "root", "home/tester", "var", "data"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    os.chmod(os.path.join(root, "tmp"), 0o1777)
-    shutil.copy2(busybox, os.path.join(root, "bin/busybox"))
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for applet in applets:
-        link = os.path.join(root, applet)
-        if not os.path.lexists(link) and applet != "bin/busybox":
-            os.symlink("/bin/busybox", link)
-    for name, text in (("passwd", PASSWD), ("group", GROUP), ("hostname", "busybox\n"),
-                       ("hosts", "127.0.0.1 localhost\n")):
-        with open(os.path.join(root, "etc", name), "w") as f:
-            f.write(text)
-    tar_path = os.path.join(workdir, "busybox-rootfs.tar")
-    with tarfile.open(tar_path, "w") as tar:
-        for entry in sorted(os.listdir(root)):
-            tar.add(os.path.join(root, entry), arcname=entry,
-                    filter=lambda info: _owned_by(info, 1000 if "/tester" in info.name else 0))
-    shutil.rmtree(root)
-    return tar_path
-
-
-def _owned_by(info, uid):
-    info.uid = info.gid = uid
-    info.uname = info.gname = ""
-    return info
 
 
 def write_podman_conf(top, runtimes):

@@ -1,8 +1,9 @@
 """The conformance tier's harness: runtimes, their claims, the observe-and-compare fixture, the clients.
 
 Owns the list of OCI runtimes (RUNTIMES), which scenario is collected for which runtime, and the
-package-scoped fixtures that give podman/buildah/ctr an isolated configuration under one scratch folder
-and prove on teardown that nothing is left on the host. Imports nothing from capsa.
+package-scoped fixtures that give podman/buildah/ctr an isolated configuration under one scratch
+folder and prove on teardown that nothing is left on the host. Of capsa it imports only the image
+builder (capsa.busybox): capsa-runtime is reached as a binary, like runc.
 """
 import copy
 import os
@@ -11,6 +12,7 @@ import tempfile
 
 import pytest
 
+from capsa.busybox import build_busybox_tar
 from tests.conformance import clients, traces
 
 RUNTIMES = {
@@ -137,7 +139,7 @@ def podman_env(top, runtimes):
     """The environment of podman and buildah, with localhost/busybox:latest imported offline."""
     env = clients.write_podman_conf(top, runtimes)
     podman = clients.Client(["podman"], env)
-    tar = clients.build_busybox_tar(top)
+    tar = build_busybox_tar(os.path.join(top, "busybox-rootfs.tar"))
     podman("import", "--change", 'CMD ["/bin/sh"]', "--change", "ENV PATH=" + clients.PATH,
            tar, clients.IMAGE)
     yield env
