@@ -230,3 +230,16 @@ def test_relative_path_on_cgroup2_sits_beside_the_runtime_not_below_it(tmp_path)
     assert plan["paths"]["unified"] == fs.root + "/unified/user.slice/c1"
     layout["own"]["unified"] = fs.root + "/unified"
     assert build_cgroup_plan({}, "c1", layout)["paths"]["unified"] == fs.root + "/unified/c1"
+
+
+@pytest.mark.parametrize("sample", ["podman-run-config.json", "ctr-run-config.json",
+                                    "buildah-run-config.json"])
+@pytest.mark.parametrize("mode", ["v1", "v2", "hybrid"])
+def test_client_configs_plan_on_every_layout(tmp_path, sample, mode):
+    with open("/work/shared/notes/samples/" + sample) as handle:
+        linux = json.load(handle)["linux"]
+    plan = build_cgroup_plan(linux, "c1", TmpCgroupFs(tmp_path, mode).layout())
+    assert plan["device_rules"][0] == [False, "a", -1, -1, "rwm"]
+    if linux.get("cgroupsPath"):
+        assert all(path.endswith(linux["cgroupsPath"]) for path in plan["paths"].values())
+    assert json.loads(json.dumps(plan)) == plan
