@@ -41,8 +41,8 @@ def test_every_runc_flag_maps():
 
 
 def test_resources_file_wins_and_is_checked():
-    with open("/work/shared/notes/samples/podman-update-resources.json") as handle:
-        sample = handle.read()
+    # what `podman update --cpus 0.5 --memory 64m` writes for --resources
+    sample = '{"memory":{"limit":67108864,"swap":134217728},"cpu":{"quota":50000,"period":100000}}'
     seen = []
     resources = build_update_resources({"resources": "/tmp/x", "memory": "1g"},
                                        lambda path: seen.append(path) or sample)

@@ -232,12 +232,24 @@ def test_relative_path_on_cgroup2_sits_beside_the_runtime_not_below_it(tmp_path)
     assert build_cgroup_plan({}, "c1", layout)["paths"]["unified"] == fs.root + "/unified/c1"
 
 
-@pytest.mark.parametrize("sample", ["podman-run-config.json", "ctr-run-config.json",
-                                    "buildah-run-config.json"])
+# linux.cgroupsPath and linux.resources as podman 4.3, ctr 1.6 and buildah 1.28 send them
+CLIENT_LINUX = {
+    "podman": {"cgroupsPath": "/libpod_parent/libpod-3d4163c2785b",
+               "resources": {"devices": [{"allow": False, "access": "rwm"}],
+                             "pids": {"limit": 2048}}},
+    "buildah": {"resources": {"devices": [{"allow": False, "access": "rwm"}]}},
+    "ctr": {"cgroupsPath": "/default/r1", "resources": {"cpu": {"shares": 1024}, "devices": [
+        {"allow": False, "access": "rwm"}] + [
+        {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+        for major, minor in ((1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, None),
+                             (5, 2))]}},
+}
+
+
+@pytest.mark.parametrize("client", sorted(CLIENT_LINUX))
 @pytest.mark.parametrize("mode", ["v1", "v2", "hybrid"])
-def test_client_configs_plan_on_every_layout(tmp_path, sample, mode):
-    with open("/work/shared/notes/samples/" + sample) as handle:
-        linux = json.load(handle)["linux"]
+def test_client_configs_plan_on_every_layout(tmp_path, client, mode):
+    linux = CLIENT_LINUX[client]
     plan = build_cgroup_plan(linux, "c1", TmpCgroupFs(tmp_path, mode).layout())
     assert plan["device_rules"][0] == [False, "a", -1, -1, "rwm"]
     if linux.get("cgroupsPath"):
