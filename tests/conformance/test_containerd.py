@@ -49,15 +49,23 @@ def run_rm(runtime, ctr):
     echo = c.client("run", "--rm", *c.run, IMAGE, name, "echo", "hi-ctr")
     failing = c.client("run", "--rm", *c.run, IMAGE, unique("r"), "sh", "-c", "echo out; exit 3",
                        check=False)
+    broken = unique("r")
+    missing = c.client("run", "--rm", *c.run, IMAGE, broken, "/no/such/binary", check=False)
+    left = set(c.client.out("container", "ls", "--quiet").split())
+    for container in left & {name, broken}:
+        c.client("container", "delete", container)
     return {"echo": [echo.returncode, echo.stdout], "failing": [failing.returncode, failing.stdout],
-            "left": name in c.client.out("container", "ls", "--quiet").split()}
+            "missing": [missing.returncode, "/no/such/binary" in missing.stderr],
+            "left": {"echo": name in left, "missing": broken in left}}
 
 
 @pytest.mark.claimed()
 def test_ctr_run_rm(observe, ctr):
-    """ctr run --rm --runc-binary: output, exit status, and the container is gone."""
+    """ctr run --rm --runc-binary: output, exit status, a create failure naming the missing
+    binary, and the containers are gone."""
     assert observe(run_rm, ctr) == {"echo": [0, "hi-ctr\n"], "failing": [3, "out\n"],
-                                    "left": False}
+                                    "missing": [1, True],
+                                    "left": {"echo": False, "missing": False}}
 
 
 def run_tty(runtime, ctr):

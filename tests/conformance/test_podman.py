@@ -6,6 +6,7 @@ what the observation must be, and `observe` compares a claimed runtime with runc
 """
 import json
 import os
+import resource
 import time
 
 import pytest
@@ -44,6 +45,30 @@ def run_rm(runtime, podman):
 def test_run_rm(observe, podman):
     assert observe(run_rm, podman) == {
         "echo": [0, "hi\n"], "exists_after": 1, "failing": [7, "out\n", "err\n"]}
+
+
+def run_failures(runtime, podman):
+    pm = podman(runtime)
+    too_many = resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1
+    seen = {}
+    for case, argv in (("missing", [IMAGE, "/no/such/binary"]),
+                       ("not_executable", [IMAGE, "/etc/passwd"]),
+                       ("rlimit_above_hard", ["--ulimit", "nofile=%d:%d" % (too_many, too_many),
+                                              IMAGE, "true"])):
+        done = pm("run", "--rm", *argv, check=False)
+        # podman turns the runtime's error text into 127 (not found) or 126 (permission denied)
+        seen[case] = [done.returncode, done.stderr.count("\n") == 1,
+                      ("rlimit" if case.startswith("rlimit") else argv[-1]) in done.stderr.lower()]
+    return seen
+
+
+@pytest.mark.claimed()
+def test_run_failures(observe, podman):
+    """A process that cannot start: podman's exit code (from the runtime's error wording), one
+    line naming the culprit, and nothing left (checked when the tier ends)."""
+    assert observe(run_failures, podman) == {"missing": [127, True, True],
+                                             "not_executable": [126, True, True],
+                                             "rlimit_above_hard": [126, True, True]}
 
 
 def stop_term_then_kill(runtime, podman):
