@@ -349,3 +349,13 @@ def test_macvlan_network_on_a_parent_the_test_made(dummy_parent, net):
     for cid in net.ids:
         net.manager.detach(cid)
     assert net.leftovers(with_bridges=False) == []
+
+
+def test_detach_after_the_namespace_vanished_still_removes_nat_rules(net):
+    # as after a reboot: the pin is gone, the bridge plugin cannot read the addresses any more
+    view = net.attach("rebooted", "bridge", {"publish": ["%d:80" % free_port()]})
+    rules = sh("iptables-save").stdout
+    assert net.ids[0] in rules
+    sh("umount", view["netns"])
+    net.manager.detach(net.ids[0])
+    assert net.leftovers(with_bridges=False) == []

@@ -28,6 +28,7 @@ class FakeHost:
                       "/etc/hosts": "127.0.0.1 localhost\n"}
         self.dead_owners = set()
         self.next_port = 40000
+        self.rule_sweeps = []    # tags passed to remove_tagged_rules
 
     def find_plugin(self, name):
         if name not in self.installed:
@@ -110,6 +111,10 @@ class FakeHost:
     def delete_link(self, name):
         self.deleted_links.append(name)
         self.links.discard(name)
+
+    def remove_tagged_rules(self, tag):
+        self.rule_sweeps.append(tag)
+        return []
 
     def read_text(self, path):
         return self.texts.get(path, "")

@@ -144,6 +144,9 @@ def test_detach_deletes_in_reverse_with_cached_result_and_leaves_nothing(env):
         assert call[4]["prevResult"]["ips"][0]["address"] == "10.89.200.2/24"
     assert host.calls[1][4]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
     assert kernel.calls_of("umount2") == [(str(root / "netns" / "c1"), MNT_DETACH)]
+    # the fake namespace file is no mount point: as after a reboot, DEL runs without CNI_NETNS
+    # and the rules the bridge plugin tagged with this container are swept
+    assert host.rule_sweeps == ['name: \\"capsa\\" id: \\"c1\\"']
     assert leftovers(root) == []
     manager.detach("c1")  # idempotent
 

@@ -71,6 +71,27 @@ class HostSystem:
         if done.returncode != 0 and name in self.read_links():
             raise NetworkError("cannot delete link %s: %s" % (name, done.stderr.decode().strip()))
 
+    def remove_tagged_rules(self, tag):
+        """Delete the iptables rules (nat and filter) whose comment carries `tag`, and the
+        per-container chains they jump to; returns them as "table: rule" strings."""
+        import subprocess
+        from capsa.engine.network.rules import build_rule_deletions
+        removed = []
+        for table in ("nat", "filter"):
+            try:
+                saved = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
+            except OSError:
+                return removed
+            rules, chains = build_rule_deletions(saved.stdout, tag)
+            for args in rules:
+                done = subprocess.run(["iptables", "-w", "-t", table, "-D"] + args, capture_output=True)
+                if done.returncode == 0:
+                    removed.append("%s: %s" % (table, " ".join(args)))
+            for chain in chains:
+                subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
+                subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
+        return removed
+
     def read_text(self, path):
         try:
             with open(path) as handle:

@@ -15,7 +15,8 @@ from capsa.engine.network.conflist import (
 from capsa.engine.network.etcfiles import (
     apply_write_in_place, build_host_mode_hosts, build_hosts, build_resolv, check_dns_servers,
     parse_add_host)
-from capsa.engine.network.netns import apply_create_netns, apply_remove_netns
+from capsa.engine.network.netns import apply_create_netns, apply_remove_netns, read_pinned
+from capsa.engine.network.rules import build_tag
 from capsa.engine.network.ports import build_port_mappings, clash
 from capsa.engine.network.store import (
     Store, check_id, read_json, remove_file, remove_tree, write_json)
@@ -461,6 +462,9 @@ class NetworkManager:
         finally:
             # host-local keeps one file per lease; DEL may not have reached it (plugin missing).
             self._release_leases(cid, network["name"])
+            if not netns:
+                # bridge DEL tears masquerade down only from inside a living namespace
+                self.host.remove_tagged_rules(build_tag(conflist["name"], cid))
         remove_file(self.store.cache_path(cid, network["name"]))
 
     def _release_leases(self, cid, network, keep=None):
@@ -489,7 +493,10 @@ class NetworkManager:
         if record is None:
             return
         netns = record.get("netns")
-        live_netns = netns if record.get("owns_netns") and netns and os.path.exists(netns) else ""
+        if record.get("owns_netns"):
+            live_netns = netns if netns and read_pinned(netns) else ""
+        else:
+            live_netns = netns if netns and os.path.exists(netns) else ""
         errors = []
         remaining = []
         for network in reversed(record.get("networks", [])):
@@ -630,6 +637,7 @@ class NetworkManager:
                                     cache.get("runtimeConfig"), cache.get("result"))
                     except CapsaError as exc:
                         failures.append(exc)
+                    self.host.remove_tagged_rules(build_tag(cache["config"]["name"], cid))
             remove_tree(os.path.join(self.store.cache, cid))
             removed.append("cache " + cid)
         for cid in _listdir(self.store.files):

@@ -49,6 +49,14 @@ def apply_remove_netns(kernel, path):
     _unlink(path)
 
 
+def read_pinned(path):
+    """Is `path` still a mount point (a pinned namespace), not a bare file left by a reboot?"""
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path) or ".").st_dev
+    except OSError:
+        return False
+
+
 def _unlink(path):
     try:
         os.unlink(path)
