@@ -225,6 +225,7 @@ class RegistrySource:
 
     def fetch_blob(self, digest, size, dest, progress=None):
         """Download into `dest`, resuming a partial file from an earlier interrupted run."""
+        import http.client
         have = os.path.getsize(dest) if os.path.exists(dest) else 0
         if size is not None and have > size:
             os.unlink(dest)
@@ -241,7 +242,7 @@ class RegistrySource:
                 while True:
                     try:
                         chunk = resp.read(1 << 20)
-                    except (OSError, ValueError) as exc:
+                    except (OSError, ValueError, http.client.HTTPException) as exc:
                         raise ImageError("download of %s from %s broke off (%s)"
                                          % (digest, self.client.host, exc), field="registry",
                                          hint="pull again: the download resumes") from None
@@ -251,6 +252,11 @@ class RegistrySource:
                     done += len(chunk)
                     if progress:
                         progress(digest, done, size)
+            # http.client returns a short body without error when the peer closes early
+            if size is not None and done < size:
+                raise ImageError("download of %s from %s broke off at %d of %d bytes"
+                                 % (digest, self.client.host, done, size), field="registry",
+                                 hint="pull again: the download resumes")
         finally:
             conn.close()
 
