@@ -20,7 +20,12 @@ def _runtime_for(ctx, record_or_name):
     name = record_or_name
     if isinstance(record_or_name, dict):
         name = record_or_name.get("runtime_arg") or record_or_name.get("runtime_path")
-    return build_runtime(name or getattr(ctx, "runtime", None), ctx.store_root)
+    runtime = build_runtime(name or getattr(ctx, "runtime", None), ctx.store_root)
+    if isinstance(record_or_name, dict) and record_or_name.get("time_ns") and \
+            hasattr(runtime, "timens_pid"):
+        state = ContainerStore(ctx.store_root).state(record_or_name["id"])
+        runtime.timens_pid = state.get("pid")
+    return runtime
 
 
 def _trace_printer(ctx):
@@ -617,9 +622,8 @@ def build_exec_process(ctx, store, record, opts, args):
         proc["user"] = specbuild.build_user(opts["user"], read_rootfs_file(rootfs, "etc/passwd"),
                                             read_rootfs_file(rootfs, "etc/group"))
     if opts["privileged"]:
-        from capsa.engine.prepare import read_cap_last
-        from capsa.engine.runflags import CAPABILITIES
-        caps = list(CAPABILITIES[:read_cap_last() + 1])
+        from capsa.engine.prepare import read_host_caps
+        caps = read_host_caps()
         proc["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
     proc.pop("consoleSize", None)
     return proc

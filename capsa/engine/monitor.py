@@ -193,6 +193,9 @@ class Monitor:
             stdio = (stdin, out_w, err_w)
         master = None
         try:
+            if rec.get("time_ns"):
+                from capsa.engine.declared import apply_time_namespace
+                self.step("time namespace", apply_time_namespace)
             try:
                 self.step("runtime create", self.runtime.create, self.id, bundle, pid_file,
                           console_path, stdio)

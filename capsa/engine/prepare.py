@@ -117,6 +117,22 @@ def read_cap_last():
         return 40
 
 
+def read_host_caps():
+    """Names of the capabilities in this process's bounding set: a container cannot be given
+    more (root here lacks CAP_SYS_RESOURCE, so "all capabilities" must mean these)."""
+    from capsa.engine.runflags import CAPABILITIES
+    mask = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    mask = int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    last = read_cap_last()
+    return [c for i, c in enumerate(CAPABILITIES[:last + 1]) if mask is None or mask >> i & 1]
+
+
 def read_init_binary():
     from capsa.engine.runtimes import find_binary
     for name in ("catatonit", "tini-static", "tini"):
@@ -344,9 +360,10 @@ def build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=False
         paths += [x["path"] for x in req["resources"].get(key, [])]
     facts = {"id": id, "rootfs": rootfs, "hostname": hostname, "user": user,
              "device_numbers": read_device_numbers(paths), "cap_last": read_cap_last(),
+             "host_caps": read_host_caps(),
              "init_path": read_init_binary() if req["init"] else None,
              "cgroups_path": "/capsa/" + id}
-    caps = specbuild.build_capabilities(req, facts["cap_last"])["bounding"]
+    caps = specbuild.build_capabilities(req, facts["cap_last"], facts["host_caps"])["bounding"]
     facts["seccomp"] = None if req["privileged"] else read_seccomp(req, caps)
     if req["privileged"]:
         facts["host_devices"] = read_host_devices()

@@ -12,18 +12,20 @@ from capsa.errors import ContainerError, StateError, UsageError
 class OciCliRuntime:
     """runc's command line: `BINARY --root ROOT --log FILE --log-format json VERB ...`."""
 
-    __slots__ = ("binary", "root", "name")
+    __slots__ = ("binary", "root", "name", "timens_pid")
 
     def __init__(self, binary, root):
         self.binary = binary
         self.root = root
         self.name = os.path.basename(binary)
+        # a container born in a time namespace is only recognised (pid start time) from inside it
+        self.timens_pid = None
 
     def _run(self, args, stdio=None, what=None, check=True):
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         log = os.path.join(self.root, "engine-" + str(os.getpid()) + ".log")
         argv = [self.binary, "--root", self.root, "--log", log, "--log-format", "json"] + args
-        code = spawn_wait(argv, stdio)
+        code = spawn_wait(argv, stdio, timens_pid=self.timens_pid)
         try:
             if check and code != 0:
                 message = read_runtime_error(log) or (self.name + " " + args[0] + " exited with "
@@ -193,8 +195,8 @@ def read_runtime_error(log_path):
     return message
 
 
-def spawn_wait(argv, stdio=None, close_after=()):
-    pid = spawn(argv, stdio)
+def spawn_wait(argv, stdio=None, close_after=(), timens_pid=None):
+    pid = spawn(argv, stdio) if timens_pid is None else spawn_in_timens(argv, stdio, timens_pid)
     for fd in close_after:
         os.close(fd)
     return wait_status(pid)
@@ -207,6 +209,30 @@ def spawn(argv, stdio=None):
         if fd is not None and fd != target:
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
     return os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+
+
+def spawn_in_timens(argv, stdio, timens_pid):
+    """fork, join the time namespace of `timens_pid`, exec: runc compares the init's start time
+    in /proc/PID/stat, which a time namespace shifts."""
+    try:
+        ns = os.open("/proc/%d/ns/time" % timens_pid, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return spawn(argv, stdio)
+    from capsa.syscalls.kernel import Kernel
+    from capsa.syscalls.proc import CLONE_NEWTIME
+    kernel = Kernel()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            kernel.setns(ns, CLONE_NEWTIME)
+            for target, fd in enumerate(stdio or (None, None, None)):
+                if fd is not None and fd != target:
+                    os.dup2(fd, target)
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    os.close(ns)
+    return pid
 
 
 def wait_status(pid):

@@ -152,9 +152,12 @@ def _int(text):
     return int(text) if text.isdigit() else 0
 
 
-def build_capabilities(req, cap_last):
-    """Docker's default set, then --cap-drop, then --cap-add (ALL is understood both ways)."""
+def build_capabilities(req, cap_last, host_caps=None):
+    """Docker's default set, then --cap-drop, then --cap-add (ALL is understood both ways);
+    "all" means all the kernel knows that the caller holds (`host_caps`)."""
     known = list(CAPABILITIES[:cap_last + 1])
+    if host_caps is not None:
+        known = [c for c in known if c in host_caps]
     if req["privileged"]:
         caps = list(known)
     else:
@@ -167,7 +170,8 @@ def build_capabilities(req, cap_last):
         for cap in req["cap_add"]:
             if cap != "ALL" and cap not in caps:
                 if cap not in known:
-                    raise UsageError(cap + " is not known to this kernel", field="--cap-add")
+                    raise UsageError(cap + " is not known to this kernel or not held by capsa",
+                                     field="--cap-add")
                 caps.append(cap)
     out = {k: list(caps) for k in ("bounding", "effective", "permitted")}
     return out
@@ -318,7 +322,7 @@ def build_spec(req, image_config, facts, base=None):
     if not proc["cwd"].startswith("/"):
         raise UsageError("working directory must be absolute: " + proc["cwd"], field="--workdir")
     proc["user"] = facts["user"]
-    caps = build_capabilities(req, facts.get("cap_last", 40))
+    caps = build_capabilities(req, facts.get("cap_last", 40), facts.get("host_caps"))
     proc["capabilities"] = caps
     limits = {r["type"]: r for r in proc.get("rlimits", [])}
     for item in req["ulimits"]:
