@@ -246,6 +246,7 @@ def test_restart(observe, podman):
 
 LIMITS_PROBE = """
 cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max
+for c in memory pids; do grep -qx $$ /sys/fs/cgroup/$c/cgroup.procs && echo in-$c-cgroup; done
 echo user=$(id -u):$(id -g)
 touch /rootfs-file 2>&1
 echo written > /data/file && echo volume-ok
@@ -265,7 +266,7 @@ def limits(runtime, podman, tmp):
 def test_limits_volume_user_readonly(observe, podman, tmp_path):
     """--memory, --pids-limit, --read-only, -v and --user, as the container sees them."""
     assert observe(limits, podman, str(tmp_path)) == {
-        "out": [str(64 << 20), "50", "user=1000:1000",
+        "out": [str(64 << 20), "50", "in-memory-cgroup", "in-pids-cgroup", "user=1000:1000",
                 "touch: /rootfs-file: Read-only file system", "volume-ok"],
         "file_owner": [1000, 1000]}
 
