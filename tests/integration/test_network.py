@@ -359,3 +359,30 @@ def test_detach_after_the_namespace_vanished_still_removes_nat_rules(net):
     sh("umount", view["netns"])
     net.manager.detach(net.ids[0])
     assert net.leftovers(with_bridges=False) == []
+
+
+_ATTACHER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from capsa.engine.network.manager import NetworkManager
+view = NetworkManager(sys.argv[2]).attach(sys.argv[3], sys.argv[3], "itconc", {"publish": ["80"]})
+print(json.dumps(view))
+"""
+
+
+def test_concurrent_attaches_from_separate_processes_get_distinct_addresses(net):
+    net.create("itconc", subnet="10.89.159.0/24")
+    cids = [net.cid() for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", _ATTACHER, REPO, net.root, cid],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for cid in cids]
+    views = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        views.append(json.loads(out))
+    ips = [v["interfaces"][0]["ip"] for v in views]
+    ports = [v["ports"][0]["hostPort"] for v in views]
+    net.ips.extend(ips)
+    assert len(set(ips)) == 4 and len(set(ports)) == 4
+    peers = open(views[0]["hosts"]).read()
+    assert all(cid in peers for cid in cids[1:])

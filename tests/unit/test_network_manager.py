@@ -287,6 +287,10 @@ def test_publish_all_picks_host_ports(env):
     assert [(p["hostPort"], p["containerPort"], p["protocol"]) for p in got["ports"]] == [
         (40001, 80, "tcp"), (40002, 53, "udp")]
     assert manager.container("x")["ports"] == got["ports"]
+    # the kernel offers a port another container publishes: capsa asks again
+    host.next_port = 40000
+    again = manager.attach("c2", "y", "bridge", {"publish_all": True, "expose": ["80/tcp"]})
+    assert again["ports"][0]["hostPort"] == 40002  # 40001/tcp is taken, 40002 only for udp
 
 
 def test_internal_network_cannot_publish(env):

@@ -311,7 +311,12 @@ class NetworkManager:
         taken = [(r["name"], p) for r in records.values() for p in r.get("ports", [])]
         for mapping in mappings:
             if not mapping["hostPort"]:
-                mapping["hostPort"] = self.host.pick_port(mapping["hostIP"], mapping["protocol"])
+                # DNAT binds no socket, so the kernel may offer a port another container publishes
+                for _ in range(100):
+                    mapping["hostPort"] = self.host.pick_port(mapping["hostIP"], mapping["protocol"])
+                    if not any(clash(mapping, other) for owner, other in taken):
+                        break
+                taken.append(("", mapping))
                 continue
             for owner, other in taken:
                 if clash(mapping, other):
