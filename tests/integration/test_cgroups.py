@@ -164,6 +164,12 @@ def test_v1_device_deny_is_refused(cgroup):
     assert "c 1:3 rwm" in listed and "a *:* rwm" not in listed
     assert os.WEXITSTATUS(Child(_open_errno("/dev/kmsg")).start(plan).wait()) == 50
     assert os.WEXITSTATUS(Child(_open_errno("/dev/null")).start(plan).wait()) == 0
+    # a live update adds the exception without resetting the list
+    manager.apply_update(KERNEL, plan, {"devices": [{"allow": False, "access": "rwm"},
+                                                    {"allow": True, "type": "c", "major": 1,
+                                                     "minor": 11, "access": "r"}]})
+    assert "c 1:11 r" in open(plan["paths"]["devices"] + "/devices.list").read()
+    assert os.WEXITSTATUS(Child(_open_errno("/dev/kmsg")).start(plan).wait()) == 0
 
 
 def test_v2_ebpf_device_filter(cgroup):

@@ -5,7 +5,8 @@ from capsa.errors import ConfigError
 from capsa.runtime.cgroups.devices import (ALU32_AND_K, ALU32_MOV_X, ALU32_RSH_K, ALU64_MOV_K,
                                            DEFAULT_ALLOWED, JMP_EXIT, JMP_JNE_K, LDX_MEM_W,
                                            build_bpf_bytes, build_bpf_program, build_bpf_verdict,
-                                           build_device_rules, build_v1_device_writes)
+                                           build_device_rules, build_v1_device_update,
+                                           build_v1_device_writes)
 
 PROLOGUE = [(LDX_MEM_W, 2, 1, 0, 0), (ALU32_AND_K, 2, 0, 0, 0xFFFF), (LDX_MEM_W, 3, 1, 0, 0),
             (ALU32_RSH_K, 3, 0, 0, 16), (LDX_MEM_W, 4, 1, 4, 0), (LDX_MEM_W, 5, 1, 8, 0)]
@@ -94,3 +95,17 @@ def test_default_devices_allowed_after_deny_all():
 def test_bytes_encode_struct_bpf_insn_little_endian():
     data = build_bpf_bytes([(LDX_MEM_W, 2, 1, 4, 0), (ALU32_AND_K, 1, 0, 0, -7)])
     assert data == bytes([0x61, 0x12, 4, 0, 0, 0, 0, 0, 0x54, 0x01, 0, 0, 0xF9, 0xFF, 0xFF, 0xFF])
+
+
+def test_v1_update_writes_only_the_difference_of_two_allow_lists():
+    old = build_device_rules([{"allow": False}, {"allow": True, "type": "c", "major": 1,
+                                                 "minor": 3, "access": "rwm"},
+                              {"allow": True, "type": "c", "major": 10, "minor": 200}])
+    new = build_device_rules([{"allow": False}, {"allow": True, "type": "c", "major": 1,
+                                                 "minor": 3, "access": "rwm"},
+                              {"allow": True, "type": "b", "major": 8, "access": "r"}])
+    assert build_v1_device_update(old, new) == [("devices.deny", "c 10:200 rwm"),
+                                                ("devices.allow", "b 8:* r")]
+    # any other shape is rewritten from scratch
+    mixed = new + build_device_rules([{"allow": False, "type": "c", "major": 1, "minor": 3}])
+    assert build_v1_device_update(old, mixed) == build_v1_device_writes(mixed)

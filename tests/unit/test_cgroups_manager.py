@@ -262,8 +262,9 @@ def test_device_update_keeps_the_spec_device_nodes_allowed(tmp_path):
                                                            "access": "r"}]})
     assert new["device_rules"][:3] == [[False, "a", -1, -1, "rwm"], [True, "c", 1, 11, "r"],
                                        [True, "c", 10, 229, "rwm"]]
-    lines = [entry[2] for entry in kernel.log if entry[0] == "write"]
-    assert lines[-14:-11] == ["a", "c 1:11 r", "c 10:229 rwm"]
+    # both lists are "deny all, allow these": only the new exception is written, no reset
+    writes = [entry[1:] for entry in kernel.log if entry[0] == "write"]
+    assert writes[-1:] == [(fs.root + "/devices/x/devices.allow", "c 1:11 r")]
 
 
 def test_failed_update_puts_the_old_limits_back(tmp_path):

@@ -86,6 +86,32 @@ def build_v1_device_writes(rules):
     return writes
 
 
+def _allow_list(rules):
+    """The exceptions of a "deny all, then allow these" list (the deny-all may be implicit:
+    every list starts from deny-all here), or None for any other shape."""
+    if rules and build_device_line(rules[0]) == "a" and not rules[0][0]:
+        rules = rules[1:]
+    allowed = []
+    for rule in rules:
+        if not rule[0] or rule[1] == "a":
+            return None
+        line = build_device_line(rule)
+        if line not in allowed:
+            allowed.append(line)
+    return allowed
+
+
+def build_v1_device_update(old_rules, new_rules):
+    """[(file, line)] taking a live v1 devices cgroup from old_rules to new_rules. When both
+    are "deny all, allow these", only the difference is written: resetting with "deny a"
+    would fail every open() in the container for a moment (runc emulates the same way)."""
+    old, new = _allow_list(old_rules), _allow_list(new_rules)
+    if old is None or new is None:
+        return build_v1_device_writes(new_rules)
+    writes = [("devices.deny", line) for line in old if line not in new]
+    return writes + [("devices.allow", line) for line in new if line not in old]
+
+
 def _insn(code, dst=0, src=0, off=0, imm=0):
     return (code, dst, src, off, imm)
 

@@ -382,5 +382,11 @@ def apply_update(kernel, plan, resources):
             pass
         raise
     if "devices" in resources:
-        _apply_devices(kernel, new_plan["devices"])
+        setup = new_plan["devices"]
+        if setup["kind"] == "v1":
+            from capsa.runtime.cgroups.devices import build_v1_device_update
+            changes = build_v1_device_update(plan.get("device_rules") or [],
+                                             new_plan["device_rules"])
+            setup = dict(setup, writes=[[setup["dir"], name, line] for name, line in changes])
+        _apply_devices(kernel, setup)
     return new_plan
