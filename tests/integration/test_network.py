@@ -386,3 +386,12 @@ def test_concurrent_attaches_from_separate_processes_get_distinct_addresses(net)
     assert len(set(ips)) == 4 and len(set(ports)) == 4
     peers = open(views[0]["hosts"]).read()
     assert all(cid in peers for cid in cids[1:])
+
+
+def test_container_mode_shares_the_namespace_and_its_files(net):
+    owner = net.attach("owner", "bridge", {"hostname": "owner-host"})
+    guest = net.attach("guest", "container:owner", {})
+    assert guest["netns"] == owner["netns"] and guest["hosts"] == owner["hosts"]
+    assert owner["interfaces"][0]["ip"] + "/" in in_netns(guest["netns"], "ip", "-o", "addr").stdout
+    net.manager.detach(net.ids[1])
+    in_netns(owner["netns"], BUSYBOX, "ping", "-c1", "-W2", owner["interfaces"][0]["gateway"])
