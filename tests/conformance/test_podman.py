@@ -51,14 +51,15 @@ def run_failures(runtime, podman):
     pm = podman(runtime)
     too_many = resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1
     seen = {}
-    for case, argv in (("missing", [IMAGE, "/no/such/binary"]),
-                       ("not_executable", [IMAGE, "/etc/passwd"]),
-                       ("rlimit_above_hard", ["--ulimit", "nofile=%d:%d" % (too_many, too_many),
-                                              IMAGE, "true"])):
+    for case, culprit, argv in (
+            ("missing", "/no/such/binary", [IMAGE, "/no/such/binary"]),
+            ("not_executable", "/etc/passwd", [IMAGE, "/etc/passwd"]),
+            ("rlimit_above_hard", "rlimit", ["--ulimit", "nofile=%d:%d" % (too_many, too_many),
+                                             IMAGE, "true"])):
         done = pm("run", "--rm", *argv, check=False)
         # podman turns the runtime's error text into 127 (not found) or 126 (permission denied)
         seen[case] = [done.returncode, done.stderr.count("\n") == 1,
-                      ("rlimit" if case.startswith("rlimit") else argv[-1]) in done.stderr.lower()]
+                      culprit in done.stderr.lower()]
     return seen
 
 
