@@ -180,6 +180,8 @@ def test_v2_cpu_max_forms(tmp_path):
     ("v1", {"memory": {"limit": "1g"}}, "linux.resources.memory.limit"),
     ("v1", {"memory": {"limit": 200, "swap": 100}}, "linux.resources.memory.swap"),
     ("v1", {"memory": {"swappiness": 101}}, "linux.resources.memory.swappiness"),
+    ("v1", {"memory": {"swap": 1 << 20}}, "linux.resources.memory.swap"),
+    ("v1", {"memory": {"swap": 1 << 20, "limit": -1}}, "linux.resources.memory.swap"),
     ("v1", {"cpu": {"shares": True}}, "linux.resources.cpu.shares"),
     ("v1", {"cpu": {"quota": 10}}, "linux.resources.cpu.quota"),
     ("v1", {"cpu": {"cpus": "0;rm"}}, "linux.resources.cpu.cpus"),

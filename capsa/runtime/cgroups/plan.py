@@ -223,6 +223,10 @@ def _memory(writes, memory):
         return
     where = writes.need("memory", field)
     if where == "v1":
+        if swap and swap > 0 and (not limit or limit < 0):
+            # memsw.limit may never be below memory.limit, which is unlimited unless set.
+            raise ConfigError("a swap limit needs a memory limit", field=field + ".swap",
+                              hint="set memory.limit too (e.g. to the same value)")
         if limit and swap and limit > 0 and 0 < swap < limit:
             raise ConfigError("memory+swap %d is below the memory limit %d" % (swap, limit),
                               field=field + ".swap", hint="swap counts memory plus swap")
