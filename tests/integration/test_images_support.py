@@ -110,3 +110,97 @@ def write_auth(path, registry, user, password):
         json.dump({"auths": {registry: {"auth": base64.b64encode(
             ("%s:%s" % (user, password)).encode()).decode()}}}, f)
     return path
+
+
+def build_layer_tar(entries):
+    """An uncompressed layer tar from (name, kind, extra, meta) entries; kind is file, dir,
+    symlink, link, chr or fifo; meta may set uid, gid, mode, xattrs."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            name, kind, extra = entry[:3]
+            meta = entry[3] if len(entry) > 3 else {}
+            info = tarfile.TarInfo(name)
+            info.mtime = 1700000000
+            info.uid, info.gid = meta.get("uid", 0), meta.get("gid", 0)
+            info.mode = meta.get("mode", 0o755 if kind == "dir" else 0o644)
+            if meta.get("xattrs"):
+                info.pax_headers = {"SCHILY.xattr." + k: v for k, v in meta["xattrs"].items()}
+            data = None
+            if kind == "file":
+                data = extra.encode() if isinstance(extra, str) else extra
+                info.size = len(data)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, extra
+            elif kind == "link":
+                info.type, info.linkname = tarfile.LNKTYPE, extra
+            elif kind == "chr":
+                info.type = tarfile.CHRTYPE
+                info.devmajor, info.devminor = extra
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def build_layout(path, layer_tars, cmd=("/bin/sh",), name="latest", gzip_layers=True):
+    """An OCI image layout at `path` holding one image made of `layer_tars` (bytes)."""
+    import gzip
+    import hashlib
+
+    def put(data):
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(path, "blobs", "sha256", digest), "wb") as f:
+            f.write(data)
+        return {"digest": "sha256:" + digest, "size": len(data)}
+    os.makedirs(os.path.join(path, "blobs", "sha256"), exist_ok=True)
+    layers, diff_ids = [], []
+    for tar in layer_tars:
+        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+        blob = gzip.compress(tar, mtime=0) if gzip_layers else tar
+        layers.append(dict(put(blob), mediaType="application/vnd.oci.image.layer.v1.tar" +
+                           ("+gzip" if gzip_layers else "")))
+    config = put(json.dumps({"architecture": "amd64", "os": "linux",
+                             "config": {"Cmd": list(cmd), "Env": ["PATH=/bin"]},
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode())
+    manifest = put(json.dumps({"schemaVersion": 2,
+                               "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": dict(config,
+                                              mediaType="application/vnd.oci.image.config.v1+json"),
+                               "layers": layers}).encode())
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion": "1.0.0"}')
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [dict(
+            manifest, mediaType="application/vnd.oci.image.manifest.v1+json",
+            annotations={"org.opencontainers.image.ref.name": name})]}, f)
+    return path
+
+
+def read_loop_backings():
+    """{device: backing file} of every attached loop device."""
+    found = {}
+    for name in os.listdir("/sys/block"):
+        try:
+            with open("/sys/block/%s/loop/backing_file" % name) as f:
+                found["/dev/" + name] = f.read().strip()
+        except OSError:
+            pass
+    return found
+
+
+def read_mount_lines(word):
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if word in line]
+
+
+def htpasswd_line(user, password):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+        return "%s:%s\n" % (user, crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))
