@@ -391,3 +391,18 @@ def test_bad_container_id(env):
     manager = env[0]
     with pytest.raises(NetworkError, match="container id"):
         manager.attach("../x", "x", "none", {})
+
+
+def test_cleanup_stale_deletes_from_an_orphan_cache_and_sweeps_its_rules(env):
+    manager, kernel, host, root = env
+    manager.attach("c1", "x", "bridge", {})
+    cache = json.loads((root / "cache" / "c1" / "capsa.json").read_text())
+    os.makedirs(str(root / "cache" / "ghost"))
+    cache["containerId"] = "ghost"
+    (root / "cache" / "ghost" / "capsa.json").write_text(json.dumps(cache))
+    del host.calls[:]
+    assert manager.cleanup_stale() == ["cache ghost"]
+    assert [(c[0], c[1], c[2]) for c in host.calls] == [
+        ("firewall", "DEL", "ghost"), ("portmap", "DEL", "ghost"), ("bridge", "DEL", "ghost")]
+    assert host.rule_sweeps == ['name: \\"capsa\\" id: \\"ghost\\"']
+    assert not (root / "cache" / "ghost").exists() and (root / "cache" / "c1").exists()
