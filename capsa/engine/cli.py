@@ -169,6 +169,11 @@ def main(argv=None, ctx=None):
         return e.exit_code if e.exit_code in (125, 126, 127) else 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # a host failure outside the error hierarchy still gets one line, never a traceback
+        err.write("capsa: " + (e.strerror or str(e)) + (": " + e.filename if e.filename else "")
+                  + "\n")
+        return 125
     except BrokenPipeError:
         return 141
 

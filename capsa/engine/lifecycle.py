@@ -552,6 +552,14 @@ def cmd_exec(ctx, argv):
         if store.status(record) != "running":
             raise StateError("container " + pos[0] + " is not running", field="exec")
         proc = build_exec_process(ctx, store, record, opts, pos[1:])
+        from capsa.engine.prepare import read_rootfs_lookup
+        with open(store.path(record["id"], "bundle", "config.json")) as f:
+            rootfs = json.load(f)["root"]["path"]
+        problem = read_rootfs_lookup(rootfs, proc["args"][0], proc["env"])
+        if problem:
+            err = CapsaError(problem[1], field="exec")
+            err.exit_code = problem[0]
+            raise err
         runtime = _runtime_for(ctx, record)
         exec_dir = store.path(record["id"], "exec")
         os.makedirs(exec_dir, exist_ok=True)

@@ -49,6 +49,20 @@ def read_log_records(data):
     return out
 
 
+def read_log_tail(path):
+    """The last stderr line of a container log (k8s-file or raw), for error messages."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            data = f.read()
+    except OSError:
+        return None
+    lines = [r[3] for r in read_log_records(data) if r[1] == "stderr"] or \
+        [line for line in data.splitlines() if line.strip()]
+    return lines[-1].decode(errors="replace").strip()[-300:] if lines else None
+
+
 def build_restart_decision(policy, exit_code, restart_count, stop_requested):
     """Docker's restart policies: no | always | unless-stopped | on-failure[:max]."""
     if stop_requested:
@@ -112,6 +126,12 @@ class Monitor:
                                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 code = self.run_once(notify if first else None)
             except CapsaError as err:
+                if " exited with " in err.message:
+                    # the runtime wrote no JSON log line; its stderr went to the container log
+                    tail = read_log_tail(self.record.get("log_path") or
+                                         self.store.path(self.id, "ctr.log"))
+                    if tail:
+                        err.message += ": " + tail
                 code = build_exit_code_for_error(err.message)
                 self.store.set_state(self.id, status="exited", exit_code=code, error=err.line(),
                                      finished_at=format_time(time.time()), pid=None)
@@ -164,11 +184,10 @@ class Monitor:
         console_path = None
         if rec.get("tty"):
             import socket
-            console_path = self.store.path(self.id, "console.sock")
-            try:
-                os.unlink(console_path)
-            except FileNotFoundError:
-                pass
+            import tempfile
+            # sun_path holds 108 bytes: a short private folder, not the (deep) store
+            console_dir = tempfile.mkdtemp(prefix="capsa-tty-")
+            console_path = os.path.join(console_dir, "s")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(console_path)
             sock.listen(1)
@@ -224,7 +243,16 @@ class Monitor:
                     f.write(str(self.pid))
             self.step("runtime start", self.runtime.start, self.id)
         except BaseException:
-            for fd in readers:
+            for fd, stream in readers.items():
+                # what the runtime said on the container's stdio before failing
+                os.set_blocking(fd, False)
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if data and self.log_fd is not None:
+                    recs, _ = build_log_records(stream, b"", data, time.time(), True)
+                    os.write(self.log_fd, recs)
                 os.close(fd)
             if sock is not None:
                 sock.close()
@@ -233,7 +261,8 @@ class Monitor:
             if console_path:
                 try:
                     os.unlink(console_path)
-                except FileNotFoundError:
+                    os.rmdir(os.path.dirname(console_path))
+                except OSError:
                     pass
         if sock is not None:
             sock.close()

@@ -285,7 +285,7 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
                               req["image"] or req["rootfs"], stop_signal, declared)
         record["runtime_arg"] = req["runtime"]
         record["args"] = spec["process"]["args"]
-        record["anon_volumes"] = [v for v, anon in volumes_made if anon]
+        record["anon_volumes"] = [v for v, _, anon in volumes_made if anon]
         record["hostname"] = facts["hostname"]
         record["image_id"] = image.get("id") if image else None
         bundle = os.path.join(container_dir, "bundle")
@@ -341,7 +341,7 @@ def apply_undo_prepare(ctx, store, id, name, made):
             pass
     from capsa.engine.volumes import VolumeStore
     vols = VolumeStore(ctx.store_root)
-    for vol, created in made.get("volumes", []):
+    for vol, created, _ in made.get("volumes", []):
         if created:
             vols.remove(vol, force=True)
     store.remove({"id": id, "name": name})
@@ -349,7 +349,7 @@ def apply_undo_prepare(ctx, store, id, name, made):
 
 def build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=False):
     """Everything build_spec needs from the host; creates volumes (unless dry_run) and returns
-    (facts, [(volume name, created_now)])."""
+    (facts, [(volume name, created_now, anonymous)])."""
     from capsa.engine.volumes import VolumeStore
     hostname = req["hostname"] or id[:12]
     user_text = req["user"] or image_config.get("User") or "0"
@@ -388,7 +388,7 @@ def build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=False
                     sources.append(os.path.join(vols.dir, m["source"] or "<anonymous>", "_data"))
                     continue
                 name, created = vols.ensure(m["source"] or None)
-                made.append((name, created or not m["source"]))
+                made.append((name, created, not m["source"]))
                 path = vols.data_path(name)
                 if created and m.get("copy", True):
                     vols.apply_copy_up(rootfs, m["target"], path)
@@ -396,7 +396,7 @@ def build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=False
             else:
                 sources.append("tmpfs")
     except BaseException:
-        for name, created in made:
+        for name, created, _ in made:
             if created:
                 vols.remove(name, force=True)
         raise

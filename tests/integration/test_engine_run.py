@@ -1,0 +1,236 @@
+"""`capsa run` end to end through a real OCI runtime (runc; more with CAPSA_TEST_RUNTIMES):
+every flag's effect is read from inside the container. Needs root."""
+import json
+import os
+import shutil
+
+import pytest
+
+from capsa.busybox import build_busybox_rootfs
+from tests.integration.engine_helpers import Engine, runtimes_under_test
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
+
+
+@pytest.fixture(scope="module")
+def base_rootfs(tmp_path_factory):
+    return build_busybox_rootfs(str(tmp_path_factory.mktemp("bb") / "rootfs"))
+
+
+@pytest.fixture
+def rootfs(base_rootfs, tmp_path):
+    path = str(tmp_path / "rootfs")
+    shutil.copytree(base_rootfs, path, symlinks=True)
+    return path
+
+
+@pytest.fixture(params=runtimes_under_test())
+def eng(request, tmp_path):
+    engine = Engine(tmp_path, request.param)
+    yield engine
+    engine.cleanup()
+
+
+def run_in(eng, rootfs, *args, check=0, input=None):
+    return eng.run("run", "--rm", "--rootfs", rootfs, *args, check=check, input=input)
+
+
+def test_output_and_exit_statuses(eng, rootfs):
+    assert run_in(eng, rootfs, "echo", "hello").stdout == "hello\n"
+    assert run_in(eng, rootfs, "sh", "-c", "exit 3", check=3)
+    proc = run_in(eng, rootfs, "sh", "-c", "echo oops >&2; exit 1", check=1)
+    assert proc.stderr == "oops\n"
+    proc = run_in(eng, rootfs, "nosuchcmd", check=127)
+    assert "nosuchcmd" in proc.stderr and "Traceback" not in proc.stderr
+    run_in(eng, rootfs, "/etc/passwd", check=126)
+    proc = eng.run("run", "--bogus", "--rootfs", rootfs, "true", check=125)
+    assert "--bogus" in proc.stderr
+
+
+def test_env_workdir_user_hostname(eng, rootfs, tmp_path):
+    env_file = tmp_path / "vars.env"
+    env_file.write_text("# comment\nFROM_FILE=f1\n")
+    out = run_in(eng, rootfs, "-e", "A=1", "--env-file", str(env_file), "-w", "/tmp",
+                 "-u", "user", "--hostname", "box1", "sh", "-c",
+                 "echo $A $FROM_FILE $(pwd) $(id -u):$(id -g) $(hostname) $HOSTNAME").stdout
+    assert out.split() == ["1", "f1", "/tmp", "1000:1000", "box1", "box1"]
+    out = run_in(eng, rootfs, "-u", "1234:77", "id").stdout
+    assert "uid=1234" in out and "gid=77" in out
+
+
+def test_entrypoint_replaces_the_command(eng, rootfs):
+    assert run_in(eng, rootfs, "--entrypoint", "echo", "a", "b").stdout == "a b\n"
+
+
+def test_read_only_root_and_tmpfs(eng, rootfs):
+    proc = run_in(eng, rootfs, "--read-only", "--tmpfs", "/scratch:size=1m", "sh", "-c",
+                  "touch /x 2>/dev/null && echo wrote-root; touch /scratch/y && echo wrote-tmpfs;"
+                  " grep ' /scratch ' /proc/mounts")
+    assert "wrote-root" not in proc.stdout and "wrote-tmpfs" in proc.stdout
+    assert "tmpfs /scratch tmpfs" in proc.stdout and "size=1024k" in proc.stdout
+
+
+def test_bind_volumes_rw_and_ro(eng, rootfs, tmp_path):
+    host = tmp_path / "shared"
+    host.mkdir()
+    (host / "in.txt").write_text("from-host\n")
+    run_in(eng, rootfs, "-v", "%s:/data" % host, "sh", "-c", "cat /data/in.txt; echo c > /data/out")
+    assert (host / "out").read_text() == "c\n"
+    proc = run_in(eng, rootfs, "-v", "%s:/data:ro" % host, "sh", "-c",
+                  "echo x > /data/out2 && echo wrote", check=None)
+    assert "wrote" not in proc.stdout and not (host / "out2").exists()
+    proc = run_in(eng, rootfs, "--mount", "type=bind,source=%s,target=/m,readonly" % host,
+                  "cat", "/m/in.txt")
+    assert proc.stdout == "from-host\n"
+
+
+def test_named_volume_persists_and_rm_v(eng, rootfs):
+    run_in(eng, rootfs, "-v", "vol1:/v", "sh", "-c", "echo kept > /v/f")
+    assert run_in(eng, rootfs, "-v", "vol1:/v", "cat", "/v/f").stdout == "kept\n"
+    assert "vol1" in eng.out("volume", "ls").split()
+    info = json.loads(eng.out("volume", "inspect", "vol1"))[0]
+    assert os.path.isfile(os.path.join(info["Mountpoint"], "f"))
+    eng.run("volume", "rm", "vol1", check=0)
+    assert "vol1" not in eng.out("volume", "ls", "-q").split()
+    # an anonymous volume goes with `rm -v`
+    eng.run("run", "--name", "anon", "--rootfs", rootfs, "-v", "/anon", "true", check=0)
+    assert len(eng.out("volume", "ls", "-q").split()) == 1
+    eng.run("rm", "-v", "anon", check=0)
+    assert eng.out("volume", "ls", "-q").split() == []
+
+
+def cgroup_read(eng, rootfs, flags, path):
+    return run_in(eng, rootfs, *flags, "cat", path).stdout.strip()
+
+
+def test_cgroup_limits_from_inside(eng, rootfs):
+    assert cgroup_read(eng, rootfs, ["-m", "64m"],
+                       "/sys/fs/cgroup/memory/memory.limit_in_bytes") == str(64 << 20)
+    assert cgroup_read(eng, rootfs, ["-m", "64m", "--memory-swap", "100m"],
+                       "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes") == str(100 << 20)
+    assert cgroup_read(eng, rootfs, ["--cpus", "0.5"],
+                       "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") == "50000"
+    assert cgroup_read(eng, rootfs, ["--cpu-shares", "512"],
+                       "/sys/fs/cgroup/cpu/cpu.shares") == "512"
+    assert cgroup_read(eng, rootfs, ["--cpuset-cpus", "0"],
+                       "/sys/fs/cgroup/cpuset/cpuset.cpus") == "0"
+    assert cgroup_read(eng, rootfs, ["--pids-limit", "20"], "/sys/fs/cgroup/pids/pids.max") == "20"
+
+
+def test_block_io_throttles(eng, rootfs):
+    disk = next((d for d in ("/dev/vda", "/dev/sda", "/dev/nvme0n1") if os.path.exists(d)), None)
+    if disk is None:
+        pytest.skip("no block device /dev/vda, /dev/sda or /dev/nvme0n1 on this host")
+    st = os.stat(disk)
+    dev = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+    out = cgroup_read(eng, rootfs, ["--device-read-bps", disk + ":1mb", "--device-write-iops",
+                                    disk + ":100"],
+                      "/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device")
+    assert out == dev + " 1048576"
+    out = cgroup_read(eng, rootfs, ["--device-write-iops", disk + ":100"],
+                      "/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device")
+    assert out == dev + " 100"
+
+
+def test_ulimits(eng, rootfs):
+    out = run_in(eng, rootfs, "--ulimit", "nofile=100:200", "sh", "-c",
+                 "ulimit -n; ulimit -Hn").stdout.split()
+    assert out == ["100", "200"]
+
+
+def cap_eff(eng, rootfs, *flags):
+    out = run_in(eng, rootfs, *flags, "grep", "CapEff", "/proc/self/status").stdout
+    return int(out.split()[1], 16)
+
+
+def test_capabilities_add_drop_privileged(eng, rootfs):
+    default = cap_eff(eng, rootfs)
+    assert default & (1 << 0) and not default & (1 << 12)     # CHOWN yes, NET_ADMIN no
+    assert cap_eff(eng, rootfs, "--cap-add", "NET_ADMIN") & (1 << 12)
+    assert not cap_eff(eng, rootfs, "--cap-drop", "CHOWN") & 1
+    assert cap_eff(eng, rootfs, "--cap-drop", "ALL") == 0
+    with open("/proc/self/status") as f:
+        host = [int(line.split()[1], 16) for line in f if line.startswith("CapBnd")][0]
+    assert cap_eff(eng, rootfs, "--privileged") == host
+
+
+def test_devices_and_privileged_devices(eng, rootfs):
+    out = run_in(eng, rootfs, "--device", "/dev/null:/dev/mynull", "sh", "-c",
+                 "echo x > /dev/mynull && ls -l /dev/mynull").stdout
+    assert out.startswith("c") and "1,   3" in out
+    if os.path.exists("/dev/fuse"):
+        assert "fuse" in run_in(eng, rootfs, "--privileged", "ls", "/dev").stdout.split()
+
+
+def test_security_opts(eng, rootfs, tmp_path):
+    out = run_in(eng, rootfs, "--security-opt", "no-new-privileges", "grep", "NoNewPrivs",
+                 "/proc/self/status").stdout
+    assert out.split()[1] == "1"
+    out = run_in(eng, rootfs, "--security-opt", "seccomp=unconfined", "grep", "Seccomp:",
+                 "/proc/self/status").stdout
+    assert out.split()[1] == "0"
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                             "errnoRet": 1}]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    proc = run_in(eng, rootfs, "--security-opt", "seccomp=" + str(path), "sh", "-c",
+                  "grep Seccomp: /proc/self/status; mkdir /tmp/d && echo made", check=None)
+    assert "Seccomp:\t2" in proc.stdout and "made" not in proc.stdout
+    run_in(eng, rootfs, "--security-opt", "bogus=1", "true", check=125)
+
+
+def test_init_is_pid_one(eng, rootfs):
+    from capsa.engine.prepare import read_init_binary
+    if read_init_binary() is None:
+        pytest.skip("neither catatonit nor tini is installed on this host")
+    out = run_in(eng, rootfs, "--init", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '").stdout
+    assert out.startswith("/dev/init -- sh")
+
+
+def test_tty_and_interactive(eng, rootfs):
+    assert run_in(eng, rootfs, "-t", "tty").stdout.strip() == "/dev/pts/0"
+    assert run_in(eng, rootfs, "-i", "cat", input="piped in\n").stdout == "piped in\n"
+    # without -i the container's stdin is empty
+    assert run_in(eng, rootfs, "cat", check=0).stdout == ""
+
+
+def test_network_none_and_host(eng, rootfs):
+    out = run_in(eng, rootfs, "ls", "/sys/class/net").stdout.split()
+    assert out == ["lo"]
+    out = run_in(eng, rootfs, "--network", "host", "ls", "/sys/class/net").stdout.split()
+    assert len(out) > 1 or out != ["lo"]
+
+
+def test_dry_run_touches_nothing(eng, rootfs):
+    out = json.loads(eng.out("run", "--dry-run", "--rootfs", rootfs, "-m", "32m", "echo", "x"))
+    assert out["config"]["process"]["args"] == ["echo", "x"]
+    assert out["config"]["linux"]["resources"]["memory"]["limit"] == 32 << 20
+    assert "plan" in out
+    assert not os.path.exists(os.path.join(eng.root, "containers")) or \
+        os.listdir(os.path.join(eng.root, "containers")) == []
+
+
+def test_trace_prints_steps(eng, rootfs):
+    proc = run_in(eng, rootfs, "--trace", "true")
+    steps = [line.split(None, 3)[-1] for line in proc.stderr.splitlines()
+             if line.startswith("trace")]
+    for step in ("parse flags", "rootfs", "runtime create", "runtime start", "runtime delete"):
+        assert step in steps, proc.stderr
+
+
+def test_bad_input_leaves_nothing(eng, rootfs, tmp_path):
+    for args in (["-v", str(tmp_path / "nope") + ":/x"], ["-u", "ghost"],
+                 ["--device", "/dev/nonexistent"], ["--cap-add", "BOGUS"],
+                 ["--ulimit", "nofile=x"], ["-m", "lots"]):
+        proc = eng.run("run", "--name", "bad", "--rootfs", rootfs, *args, "true")
+        assert proc.returncode == 125, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert eng.out("ps", "-aq") == ""
+    assert not os.listdir(os.path.join(eng.root, "names")) if \
+        os.path.isdir(os.path.join(eng.root, "names")) else True
+
+
+def test_default_busybox_image_offline(eng):
+    proc = eng.run("run", "--rm", "busybox", "echo", "hello", check=0)
+    assert proc.stdout == "hello\n"
