@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from capsa.busybox import build_busybox_rootfs
-from tests.integration.engine_helpers import Engine, runtimes_under_test
+from tests.integration.test_engine_support import Engine, runtimes_under_test
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
 
