@@ -93,7 +93,10 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
     made_cgroup = False
     try:
         states.save(directory, _stored(record))
-        os.mkfifo(os.path.join(directory, states.FIFO_NAME), 0o622)
+        fifo = os.path.join(directory, states.FIFO_NAME)
+        os.mkfifo(fifo, 0o622)
+        # any container user (a mapped or non-root uid) must be able to open it for writing
+        os.chmod(fifo, 0o622)
         fifo_dir = os.open(directory, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         from capsa.runtime.cgroups.manager import apply_cgroup_create, apply_cgroup_join
         apply_cgroup_create(kernel, plan["cgroup"])

@@ -1,0 +1,315 @@
+"""capsa-runtime end to end, as root: real containers from busybox bundles, checked from inside.
+
+Each test runs the real command line (the installed launcher, or this checkout) with a private
+--root, and the fixture proves nothing is left behind: no state folder, no cgroup, no mount.
+"""
+import array
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.bundles import capsa_runtime_command, delete_all, make_bundle
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts)")
+
+
+def _mounts(under):
+    """Mount points below `under` (other work on the host may mount elsewhere meanwhile)."""
+    with open("/proc/self/mountinfo") as handle:
+        return sorted(line.split(" ")[4] for line in handle if line.split(" ")[4].startswith(under))
+
+
+def _cgroup_dirs(container_id):
+    found = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(top) == container_id:
+            found.append(top)
+        if top.count("/") > 6:
+            dirs[:] = []
+    return found
+
+
+class Runtime:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.root = tmp_path / "state"
+        self.cmd = capsa_runtime_command()
+        self.ids = []
+
+    def __call__(self, *argv, timeout=60):
+        """Run the runtime with stdout/stderr in files, not pipes: a created or detached
+        container keeps its stdio open, and a pipe reader would wait for it (as with runc)."""
+        self.calls = getattr(self, "calls", 0) + 1
+        out = self.tmp / ("out.%d" % self.calls)
+        err = self.tmp / ("err.%d" % self.calls)
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            status = subprocess.run(self.cmd + ["--root", str(self.root)] + [str(a) for a in argv],
+                                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                    timeout=timeout).returncode
+        return subprocess.CompletedProcess(argv, status, out.read_text(), err.read_text())
+
+    def bundle(self, args, name="bundle", **kwargs):
+        return make_bundle(self.tmp, args, name=name, **kwargs)
+
+    def run(self, args, mutate=None, name="bundle", container_id=None):
+        bundle = self.bundle(args, name=name, mutate=mutate)
+        container_id = container_id or "c-" + name
+        self.ids.append(container_id)
+        return self("run", "--bundle", bundle, container_id)
+
+
+@pytest.fixture
+def rt(tmp_path):
+    before = _mounts(str(tmp_path))
+    runtime = Runtime(tmp_path)
+    yield runtime
+    delete_all(runtime.cmd, runtime.root)
+    assert not os.path.exists(runtime.root) or os.listdir(runtime.root) == []
+    for container_id in runtime.ids:
+        assert _cgroup_dirs(container_id) == []
+    assert _mounts(str(tmp_path)) == before
+
+
+def test_run_prints_and_returns_exit_status(rt):
+    result = rt.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_pid_1_in_new_pid_namespace_and_hostname(rt):
+    def mutate(spec):
+        spec["hostname"] = "boxy"
+    result = rt.run(["sh", "-c", "echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '"],
+                    mutate=mutate)
+    assert result.returncode == 0, result.stderr
+    pid, hostname, cmdline = result.stdout.splitlines()
+    assert (pid, hostname) == ("1", "boxy")
+    assert cmdline.startswith("sh -c")
+
+
+def test_lifecycle_create_start_state_delete_and_pid_file(rt, tmp_path):
+    bundle = rt.bundle(["sh", "-c", "echo started > /tmp/flag; sleep 30"],
+                       mutate=lambda s: s["root"].update(readonly=False))
+    pid_file = tmp_path / "pid"
+    created = rt("create", "--bundle", bundle, "--pid-file", pid_file, "life")
+    assert created.returncode == 0, created.stderr
+    state = json.loads(rt("state", "life").stdout)
+    assert state["status"] == "created" and state["pid"] == int(pid_file.read_text())
+    assert state["bundle"] == bundle and state["id"] == "life"
+    assert rt("start", "life").returncode == 0
+    assert json.loads(rt("state", "life").stdout)["status"] == "running"
+    second = rt("start", "life")
+    assert second.returncode != 0 and "not created" in second.stderr
+    refused = rt("delete", "life")
+    assert refused.returncode != 0 and "delete --force" in refused.stderr
+    listed = json.loads(rt("list", "--format", "json").stdout)
+    assert [c["id"] for c in listed] == ["life"]
+    assert rt("kill", "life", "KILL").returncode == 0
+    for _ in range(100):
+        if json.loads(rt("state", "life").stdout)["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    assert json.loads(rt("state", "life").stdout)["status"] == "stopped"
+    assert rt("delete", "life").returncode == 0
+    assert "does not exist" in rt("state", "life").stderr
+
+
+def test_delete_force_kills_a_running_container(rt):
+    bundle = rt.bundle(["sleep", "100"])
+    assert rt("run", "--detach", "--bundle", bundle, "busy").returncode == 0
+    rt.ids.append("busy")
+    pid = json.loads(rt("state", "busy").stdout)["pid"]
+    assert rt("delete", "--force", "busy").returncode == 0
+    assert not os.path.exists("/proc/%d/stat" % pid) or \
+        open("/proc/%d/stat" % pid).read().split(") ")[1][0] == "Z"
+
+
+def test_kill_all_reaches_every_process(rt):
+    bundle = rt.bundle(["sh", "-c", "sleep 100 & sleep 100 & wait"],
+                       mutate=lambda s: s["linux"]["namespaces"].remove({"type": "pid"}))
+    assert rt("run", "-d", "--bundle", bundle, "many").returncode == 0
+    rt.ids.append("many")
+    assert rt("kill", "--all", "many", "9").returncode == 0
+    for _ in range(200):
+        if json.loads(rt("state", "many").stdout)["status"] == "stopped":
+            break
+        time.sleep(0.02)
+    assert json.loads(rt("state", "many").stdout)["status"] == "stopped"
+
+
+def test_exec_joins_namespaces_and_reports_status(rt):
+    bundle = rt.bundle(["sleep", "100"], mutate=lambda s: s.update(hostname="exechost"))
+    assert rt("run", "-d", "--bundle", bundle, "ex").returncode == 0
+    rt.ids.append("ex")
+    result = rt("exec", "ex", "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
+    assert result.returncode == 4
+    assert result.stdout.splitlines() == ["exechost", "sleep 100 "]
+    user = rt("exec", "--user", "1000:1000", "--env", "X=y", "ex", "sh", "-c", "id -u; echo $X")
+    assert user.stdout.split() == ["1000", "y"]
+    missing = rt("exec", "ex", "no-such-program")
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == ("capsa-runtime: process.args[0]: no-such-program: "
+                                      "executable file not found in $PATH")
+
+
+def test_user_namespace_mappings(rt):
+    """As with runc, the rootfs must be reachable by the container's root (host uid 200000):
+    pytest's own tmp root is 0700, so this bundle lives in a traversable folder."""
+    import shutil
+    import tempfile
+    rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-userns-"))
+    os.chmod(rt.tmp, 0o755)
+
+    def mutate(spec):
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    try:
+        result = rt.run(["sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /proc/1"],
+                        mutate=mutate)
+    finally:
+        shutil.rmtree(rt.tmp)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0].split() == ["0", "200000", "65536"]
+    assert lines[1:3] == ["0", "0"]
+
+
+def test_time_namespace_offsets(rt):
+    def mutate(spec):
+        spec["linux"]["namespaces"].append({"type": "time"})
+        spec["linux"]["timeOffsets"] = {"boottime": {"secs": 864000}}
+    result = rt.run(["cat", "/proc/uptime"], mutate=mutate)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[0]) >= 864000
+
+
+def test_rlimits_and_umask(rt):
+    def mutate(spec):
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456},
+                                      {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]
+        spec["process"]["user"]["umask"] = 0o027
+    result = rt.run(["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c; umask"], mutate=mutate)
+    assert result.stdout.split() == ["123", "456", "0", "0027"], result.stderr
+
+
+def test_rlimit_above_hard_limit_is_one_clear_line(rt):
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("host has no finite RLIMIT_NOFILE hard limit")
+
+    def mutate(spec):
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": hard + 1,
+                                       "hard": hard + 1}]
+    result = rt.run(["true"], mutate=mutate, container_id="limited")
+    if result.returncode == 0:
+        pytest.skip("this host lets root raise hard limits (CAP_SYS_RESOURCE)")
+    err = result.stderr.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "process.rlimits[0]" in err and "RLIMIT_NOFILE" in err
+    assert str(hard + 1) in err and str(hard) in err
+
+
+def test_failed_create_leaves_nothing(rt, tmp_path):
+    bundle = rt.bundle(["true"], mutate=lambda s: s["mounts"].append(
+        {"destination": "/x", "type": "nosuchfs", "source": "none"}))
+    rt.ids.append("broken")
+    result = rt("create", "--bundle", bundle, "broken")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert rt("list", "-q").stdout == ""
+
+
+def test_bad_config_names_the_field(rt):
+    bundle = rt.bundle(["true"], mutate=lambda s: s["process"].update(cwd="relative"))
+    result = rt("create", "--bundle", bundle, "badcwd")
+    assert result.returncode != 0
+    assert result.stderr == "capsa-runtime: process.cwd: cwd must be an absolute path, " \
+                            "not 'relative'\n"
+    assert not os.path.exists(rt.root / "badcwd")
+
+
+def test_hooks_run_in_order_with_state(rt, tmp_path):
+    log = tmp_path / "hooks"
+    log.mkdir()
+
+    def hook(kind):
+        return {"path": "/bin/sh", "args": ["sh", "-c", "cat > %s/%s.json; echo %s >> %s/order" %
+                                            (log, kind, kind, log)]}
+
+    def mutate(spec):
+        spec["hooks"] = dict((kind, [hook(kind)]) for kind in
+                             ("prestart", "createRuntime", "createContainer", "poststart",
+                              "poststop"))
+    bundle = rt.bundle(["true"], mutate=mutate)
+    assert rt("create", "--bundle", bundle, "hooked").returncode == 0
+    assert (log / "order").read_text().split() == ["prestart", "createRuntime", "createContainer"]
+    state = json.loads((log / "createRuntime.json").read_text())
+    assert state["id"] == "hooked" and state["status"] == "creating" and state["pid"] > 0
+    assert state["bundle"] == bundle
+    assert rt("start", "hooked").returncode == 0
+    assert json.loads((log / "poststart.json").read_text())["status"] == "running"
+    time.sleep(0.2)
+    assert rt("delete", "hooked").returncode == 0
+    assert (log / "order").read_text().split()[-2:] == ["poststart", "poststop"]
+    assert json.loads((log / "poststop.json").read_text())["status"] == "stopped"
+
+
+def test_failing_prestart_hook_aborts_create(rt):
+    bundle = rt.bundle(["true"], mutate=lambda s: s.update(
+        hooks={"prestart": [{"path": "/bin/false"}]}))
+    result = rt("create", "--bundle", bundle, "hookfail")
+    assert result.returncode != 0 and "hooks.prestart[0]" in result.stderr
+    assert rt("list", "-q").stdout == ""
+
+
+def test_console_socket_receives_pty_master(rt, tmp_path):
+    path = str(tmp_path / "console.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    bundle = rt.bundle(["sh", "-c", "tty; stty size"], terminal=True,
+                       mutate=lambda s: s["process"].update(consoleSize={"height": 33,
+                                                                         "width": 101}))
+    proc = subprocess.Popen(rt.cmd + ["--root", str(rt.root), "create", "--bundle", bundle,
+                                      "--console-socket", path, "tty1"])
+    rt.ids.append("tty1")
+    conn, _ = server.accept()
+    fds = array.array("i")
+    msg, ancdata, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4))
+    for level, kind, data in ancdata:
+        fds.frombytes(data[:4])
+    assert proc.wait(timeout=30) == 0
+    master = fds[0]
+    assert rt("start", "tty1").returncode == 0
+    output = b""
+    deadline = time.time() + 10
+    while time.time() < deadline and b"101" not in output:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        output += chunk
+    os.close(master)
+    lines = output.decode().split()
+    assert lines[0].startswith("/dev/pts/") and lines[1:3] == ["33", "101"]
+
+
+def test_preserve_fds_passes_extra_files(rt, tmp_path):
+    bundle = rt.bundle(["sh", "-c", "cat <&3; ls /proc/1/fd | sort -n | tr '\\n' ' '"])
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"through fd 3\n")
+    os.close(write_end)
+    command = rt.cmd + ["--root", str(rt.root), "run", "--preserve-fds", "1", "--bundle", bundle,
+                        "pfd"]
+    # sh moves the pipe to fd 3, as conmon does for podman run --preserve-fds
+    result = subprocess.run(["sh", "-c", 'exec "$@" 3<&0 </dev/null', "sh"] + command,
+                            stdin=read_end, capture_output=True, text=True)
+    os.close(read_end)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "through fd 3"
+    assert result.stdout.splitlines()[1].split() == ["0", "1", "2", "3"]
