@@ -154,3 +154,12 @@ def test_corrupt_gzip_is_an_image_error(tmp_path):
     with pytest.raises(ImageError):
         with DecompressedFile(str(path)) as raw:
             apply_unpack_layer(raw, str(dest))
+
+
+def test_folder_replaced_by_symlink_does_not_pass_its_mode_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    os.chmod(outside, 0o700)
+    dest = unpack(tmp_path, [("d", "dir", 0o777), ("d", "symlink", str(outside))])
+    assert os.readlink(dest / "d") == str(outside)
+    assert os.stat(outside).st_mode & 0o7777 == 0o700

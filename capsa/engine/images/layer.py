@@ -187,6 +187,8 @@ class _Unpacker:
             shutil.rmtree(full)
             prefix = rel + "/"
             self.dirs = {d for d in self.dirs if d != rel and not d.startswith(prefix)}
+            for d in [d for d in self.dir_meta if d == rel or d.startswith(prefix)]:
+                del self.dir_meta[d]
         else:
             os.unlink(full)
         return False
@@ -305,7 +307,10 @@ class _Unpacker:
 
     def finish(self):
         for rel in sorted(self.dir_meta, reverse=True):
-            self.set_meta(rel, self.dir_meta[rel])
+            # chmod(2) follows symlinks: a folder entry later replaced by a symlink to /etc must
+            # not lend its mode to the host's /etc
+            if stat.S_ISDIR(os.lstat(self.full(rel)).st_mode):
+                self.set_meta(rel, self.dir_meta[rel])
 
 
 def apply_unpack_layer(stream, dest, overlay=True):
