@@ -306,3 +306,29 @@ def test_unsupported_disk_layout_leaves_nothing(store, tmp_path):
     assert read_loop_backings() == loops_before
     assert os.listdir(container) == []
     assert os.listdir(store.path("attachments")) == []
+
+
+@needs_disk_tools
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_disk_read_write_when_asked_writes_into_the_disk(store, tmp_path, fmt):
+    disk = make_disk(str(tmp_path))
+    if fmt == "qcow2":
+        run("qemu-img", "convert", "-O", "qcow2", disk, str(tmp_path / "disk.qcow2"))
+        disk = str(tmp_path / "disk.qcow2")
+    loops_before = read_loop_backings()
+    container = str(tmp_path / "c")
+    rootfs = apply_container_rootfs(store, container, disk, disk_writable=True)
+    try:
+        with open(os.path.join(rootfs, "etc", "template"), "w") as f:
+            f.write("persisted\n")
+    finally:
+        apply_release_rootfs(container)
+    assert read_loop_backings() == loops_before
+    again = str(tmp_path / "again")
+    rootfs = apply_container_rootfs(store, again, disk)
+    try:
+        with open(os.path.join(rootfs, "etc", "template")) as f:
+            assert f.read() == "persisted\n"
+    finally:
+        apply_release_rootfs(again)
+    assert read_mount_lines(str(tmp_path)) == []
