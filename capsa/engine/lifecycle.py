@@ -444,11 +444,12 @@ def build_go_template(fmt, row):
             out.append(json.dumps(row, sort_keys=True))
         elif key.startswith("."):
             name = key[1:]
-            aliases = {"ID": "Id", "Names": "Names", "Name": "Names"}
-            value = row.get(aliases.get(name, name))
-            if value is None and name not in row and aliases.get(name, name) not in row:
+            if name not in row:
+                name = {"ID": "Id", "Name": "Names"}.get(name, name)
+            if name not in row:
                 raise UsageError("unknown field " + key + " in --format", field="--format",
                                  hint="fields: " + ", ".join(sorted(row)))
+            value = row[name]
             out.append("" if value is None else str(value))
         else:
             raise UsageError("unsupported template " + repr(key), field="--format",
@@ -582,6 +583,9 @@ def cmd_exec(ctx, argv):
             finally:
                 os.close(null)
             return 0
+        if opts["tty"]:
+            return apply_exec_tty(ctx, store, record, runtime, proc_path, pid_path,
+                                  opts["interactive"])
         stdin = None
         close = None
         if not opts["interactive"]:
@@ -603,6 +607,50 @@ def cmd_exec(ctx, argv):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def apply_exec_tty(ctx, store, record, runtime, proc_path, pid_path, interactive):
+    """exec -t: the runtime hands us the pty master over a console socket (as conmon gets it),
+    so a terminal works even when capsa itself has none; we pump it and reap the process."""
+    import socket
+    import tempfile
+    from capsa.engine.monitor import Monitor, PR_SET_CHILD_SUBREAPER
+    from capsa.syscalls.kernel import Kernel
+    Kernel().prctl(PR_SET_CHILD_SUBREAPER, 1)
+    folder = tempfile.mkdtemp(prefix="capsa-tty-")
+    path = os.path.join(folder, "s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        sock.bind(path)
+        sock.listen(1)
+        runtime.exec(record["id"], proc_path, pid_path, detach=True, console_socket=path,
+                     stdio=(null, null, null))
+        sock.settimeout(10)
+        conn, _ = sock.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1024, 4)
+        conn.close()
+    finally:
+        sock.close()
+        for item in (path, folder):
+            try:
+                (os.unlink if item == path else os.rmdir)(item)
+            except OSError:
+                pass
+    if not fds:
+        os.close(null)
+        raise StateError("the runtime sent no terminal for exec -t", field="exec")
+    with open(pid_path) as f:
+        pid = int(f.read().strip())
+    mon = Monitor(store, dict(record, log_format="raw"), runtime, foreground=True,
+                  tee_fds=(_fd_of(ctx.stdout, 1), _fd_of(ctx.stderr, 2)),
+                  stdin_fd=0 if interactive else None)
+    mon.log_fd = null
+    mon.pid = pid
+    try:
+        return mon.pump({fds[0]: "stdout"}, fds[0])
+    finally:
+        os.close(null)
 
 
 def build_exec_process(ctx, store, record, opts, args):
