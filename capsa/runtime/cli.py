@@ -126,7 +126,7 @@ class Context:
         if level == "debug" and not self.debug:
             return
         if self.log_format == "json":
-            from json import dumps
+            from capsa.jsonlite import dumps
             line = dumps({"level": level, "msg": message, "time": _now()})
         else:
             line = 'time="%s" level=%s msg="%s"' % (_now(), level,

@@ -15,7 +15,7 @@ container and gets the same security treatment as its init (unless the process s
     write --pid-file; with --detach exit, else wait and return its status
 Must not import command modules.
 """
-import json
+from capsa import jsonlite as json
 import os
 
 from capsa.errors import CapsaError, ConfigError, ContainerError, StateError, UsageError

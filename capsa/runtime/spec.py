@@ -4,7 +4,7 @@ Owns the namespace, rlimit, scheduler and io-priority tables (the `features` com
 and the checks of the process, namespace, id-mapping, hook and host-identity sections. Pure
 apart from reading the bundle's config.json; must not import apply or syscalls modules.
 """
-import json
+from capsa import jsonlite as json
 import os
 
 from capsa.errors import ConfigError

@@ -4,7 +4,7 @@ The status is derived, never trusted from a file: from the init pid and its star
 reuse), whether exec.fifo still exists (created), and the freezer (paused). Imports only os,
 json and errors; the cgroup freezer is read lazily, only for a live started container.
 """
-import json
+from capsa import jsonlite as json
 import os
 
 from capsa.errors import StateError, UsageError
@@ -58,7 +58,7 @@ def write_atomic(path, data):
 
 
 def save(directory, record):
-    write_atomic(os.path.join(directory, STATE_FILE), json.dumps(record, separators=(",", ":")))
+    write_atomic(os.path.join(directory, STATE_FILE), json.dumps(record))
 
 
 def load(root, container_id):

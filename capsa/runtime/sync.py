@@ -6,7 +6,7 @@ child travel back as data ("error" with the CapsaError line), never as exit code
 The protocol itself is drawn in docs/ARCHITECTURE.md and at the top of capsa.runtime.launch.
 """
 import _socket
-import json
+from capsa import jsonlite as json
 import struct
 
 from capsa.errors import ContainerError
@@ -25,7 +25,7 @@ def make_pair():
 def send(sock, kind, payload=None, fds=()):
     data = kind.encode()
     if payload is not None:
-        data += b"\0" + json.dumps(payload, separators=(",", ":")).encode()
+        data += b"\0" + json.dumps(payload).encode()
     ancillary = []
     if fds:
         ancillary = [(SOL_SOCKET, SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))]

@@ -5,7 +5,6 @@ per architecture, and turning a -1 return into KernelError. Imports only ctypes,
 """
 import ctypes
 import os
-import platform
 
 from capsa.errors import KernelError
 
@@ -33,7 +32,7 @@ _NUMBERS = {
                 "setresgid": 149, "execveat": 281, "memfd_create": 279, "keyctl": 219,
                 "sethostname": 161, "setdomainname": 162},
 }
-NR = _NUMBERS.get(platform.machine(), _NUMBERS["x86_64"])
+NR = _NUMBERS.get(os.uname().machine, _NUMBERS["x86_64"])
 
 
 def fsencode(path):

@@ -4,7 +4,7 @@ timeout, and is killed when the timeout passes.
 Uses os.posix_spawn and a pidfd for the timeout (no subprocess, no threads). Must not import
 launch or command modules.
 """
-import json
+from capsa import jsonlite as json
 import os
 import select
 
@@ -14,7 +14,7 @@ from capsa.errors import ContainerError
 def apply_hooks(kind, hooks, state, warn=None):
     """Run hooks[kind] in order. A failure raises, except for poststart/poststop, which only warn
     (the spec lets the lifecycle go on)."""
-    data = json.dumps(state, separators=(",", ":")).encode()
+    data = json.dumps(state).encode()
     for index, hook in enumerate(hooks.get(kind) or ()):
         field = "hooks.%s[%d]" % (kind, index)
         try:

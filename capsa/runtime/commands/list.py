@@ -1,5 +1,5 @@
 """`capsa-runtime list`: the containers under --root, as a table, JSON or ids."""
-import json
+from capsa import jsonlite as json
 
 
 def run(ctx, opts, args):

@@ -1,5 +1,5 @@
 """`capsa-runtime state`: print the OCI state JSON of a container. Hot path."""
-import json
+from capsa import jsonlite as json
 
 
 def run(ctx, opts, args):
