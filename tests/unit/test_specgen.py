@@ -141,3 +141,38 @@ def test_hardened_is_imported_only_when_asked():
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], stdout=subprocess.PIPE,
                          check=True).stdout.decode()
     assert out.strip() == "['capsa', 'capsa.runtime', 'capsa.runtime.specgen']"
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="host has no /bin/busybox")
+def test_make_bundle_writes_the_spec_and_a_rootfs(tmp_path):
+    from tests.bundles import make_bundle
+
+    def mutate(spec):
+        spec["process"]["env"].append("FOO=bar")
+
+    bundle = make_bundle(tmp_path, ["echo", "hi"], mutate=mutate)
+    assert bundle == str(tmp_path / "bundle")
+    with open(os.path.join(bundle, "config.json")) as f:
+        spec = json.load(f)
+    assert spec["process"]["args"] == ["echo", "hi"]
+    assert spec["process"]["terminal"] is False
+    assert spec["process"]["env"][-1] == "FOO=bar"
+    assert os.path.islink(os.path.join(bundle, spec["root"]["path"], "bin", "sh"))
+    other = make_bundle(tmp_path, ["true"], terminal=True, name="two",
+                        mutate=lambda spec: dict(spec, hostname="replaced"))
+    with open(os.path.join(other, "config.json")) as f:
+        spec = json.load(f)
+    assert spec["hostname"] == "replaced" and spec["process"]["terminal"] is True
+    with pytest.raises(FileExistsError):
+        make_bundle(tmp_path, ["true"])
+
+
+@pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason="host has no runc at " + RUNC)
+def test_run_runtime_uses_the_private_root(tmp_path):
+    from tests.bundles import delete_all, run_runtime
+    root = tmp_path / "state"
+    listed = run_runtime(RUNC, "list", "--format", "json", root=root)
+    assert listed.returncode == 0 and json.loads(listed.stdout) is None
+    bad = run_runtime(RUNC, "state", "nope", root=root)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
+    assert delete_all(RUNC, root) == []
