@@ -17,18 +17,38 @@ CLIENT_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/contai
 def read_traces(top, namespace):
     """Snapshot: {kind: set of strings}. top: the tier's scratch folder; namespace: containerd's.
 
-    cgroups are those podman (libpod_parent/…), buildah (buildah-…) and containerd (/<namespace>/…)
-    create; processes are those whose command line names top or that sit in such a cgroup.
+    state is the runtimes' entries named after podman's container ids or buildah's, the ctr
+    roots, and the shim sockets/fifos; cgroups are those podman (libpod_parent/…), buildah
+    (buildah-…) and containerd (/<namespace>/…) create; processes are those whose command line
+    names top or that sit in such a cgroup.
     """
-    cgroups = set(read_cgroups(namespace))
+    ours = read_podman_ids(top)
     return {
         "client_paths": {p for p in CLIENT_PATHS if os.path.lexists(p)},
-        "state": {os.path.join(d, e) for d in STATE_DIRS + tuple(_ctr_roots(top))
-                  for e in _listdir(d)},
-        "cgroups": cgroups,
-        "mounts": {m for m in read_mountpoints() if m.startswith(top) or m.startswith("/run/netns/")},
+        "state": {os.path.join(d, e) for d in STATE_DIRS for e in _listdir(d)
+                  if e in ours or e.startswith("buildah-") or d.startswith("/run/containerd/")}
+                 | {os.path.join(d, e) for d in _ctr_roots(top) for e in _listdir(d)},
+        "cgroups": set(read_cgroups(namespace)),
+        # every container runs with --network none: podman makes no /run/netns entry
+        "mounts": {m for m in read_mountpoints() if m.startswith(top)},
         "processes": set(read_processes(top, namespace)),
     }
+
+
+def read_podman_ids(top):
+    """The ids of every container (pods' infra ones included) podman made in this session, from
+    its events log: the names podman's runtimes keep their state under."""
+    import json
+    ids = set()
+    try:
+        with open(os.path.join(top, "podman", "events.log")) as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("Type") == "container" and event.get("ID"):
+                    ids.add(event["ID"])
+    except OSError:
+        pass
+    return ids
 
 
 def read_cgroups(namespace):
