@@ -3,35 +3,17 @@ ps, logs of detached containers, --rm and --restart handled by the monitor, exec
 top, stats, wait, cp, pause. Needs root."""
 import json
 import os
-import shutil
 import signal
 import time
 
 import pytest
 
-from capsa.busybox import build_busybox_rootfs
-from tests.integration.test_engine_support import Engine, runtimes_under_test
+from tests.integration.test_engine_support import make_fixtures
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
 
 
-@pytest.fixture(scope="module")
-def base_rootfs(tmp_path_factory):
-    return build_busybox_rootfs(str(tmp_path_factory.mktemp("bb") / "rootfs"))
-
-
-@pytest.fixture
-def rootfs(base_rootfs, tmp_path):
-    path = str(tmp_path / "rootfs")
-    shutil.copytree(base_rootfs, path, symlinks=True)
-    return path
-
-
-@pytest.fixture(params=runtimes_under_test())
-def eng(request, tmp_path):
-    engine = Engine(tmp_path, request.param)
-    yield engine
-    engine.cleanup()
+base_rootfs, rootfs, eng = make_fixtures()
 
 
 def status(eng, ref):

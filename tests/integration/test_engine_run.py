@@ -2,33 +2,15 @@
 every flag's effect is read from inside the container. Needs root."""
 import json
 import os
-import shutil
 
 import pytest
 
-from capsa.busybox import build_busybox_rootfs
-from tests.integration.test_engine_support import Engine, runtimes_under_test
+from tests.integration.test_engine_support import make_fixtures
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
 
 
-@pytest.fixture(scope="module")
-def base_rootfs(tmp_path_factory):
-    return build_busybox_rootfs(str(tmp_path_factory.mktemp("bb") / "rootfs"))
-
-
-@pytest.fixture
-def rootfs(base_rootfs, tmp_path):
-    path = str(tmp_path / "rootfs")
-    shutil.copytree(base_rootfs, path, symlinks=True)
-    return path
-
-
-@pytest.fixture(params=runtimes_under_test())
-def eng(request, tmp_path):
-    engine = Engine(tmp_path, request.param)
-    yield engine
-    engine.cleanup()
+base_rootfs, rootfs, eng = make_fixtures()
 
 
 def run_in(eng, rootfs, *args, check=0, input=None):

@@ -5,9 +5,12 @@ every container the test made (through `capsa rm -f`) and reports leftovers.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,3 +79,26 @@ class Engine:
                            if not s.endswith(".log")]
         assert not left, "container folders left: %r" % left
         assert not states, "runtime state left: %r" % states
+
+
+def make_fixtures():
+    """(base_rootfs, rootfs, eng) fixtures shared by the engine's integration test modules."""
+
+    @pytest.fixture(scope="module")
+    def base_rootfs(tmp_path_factory):
+        from capsa.busybox import build_busybox_rootfs
+        return build_busybox_rootfs(str(tmp_path_factory.mktemp("bb") / "rootfs"))
+
+    @pytest.fixture
+    def rootfs(base_rootfs, tmp_path):
+        path = str(tmp_path / "rootfs")
+        shutil.copytree(base_rootfs, path, symlinks=True)
+        return path
+
+    @pytest.fixture(params=runtimes_under_test())
+    def eng(request, tmp_path):
+        engine = Engine(tmp_path, request.param)
+        yield engine
+        engine.cleanup()
+
+    return base_rootfs, rootfs, eng
