@@ -98,3 +98,29 @@ def test_usage_errors(tmp_path):
     with pytest.raises(ImageError):
         c.cmd_image_inspect(ctx, ["missing"])
     assert c.cmd_pull(ctx, ["--help"]) == 0 and "usage" in ctx.take()
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    import base64
+    from tests.unit.test_images_registry import FakeRegistry
+    from capsa.engine.images import manifest as mf
+    reg = FakeRegistry()
+    try:
+        manifest, _ = reg.add_image("amd64", size=2000)
+        reg.manifests["v1"] = (manifest, mf.DOCKER_MANIFEST)
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps({"auths": {reg.addr: {"auth": base64.b64encode(
+            b"alice:secret").decode()}}}))
+        for tty in (False, True):
+            ctx = Ctx(tmp_path / ("s%d" % tty))
+            ctx.isatty = tty
+            assert c.cmd_pull(ctx, ["--tls-verify=false", "--authfile", str(auth),
+                                    reg.addr + "/bb:v1"]) == 0
+            assert ctx.take().startswith("sha256:")
+            err = ctx.stderr.getvalue()
+            if tty:
+                assert "\r" in err and "100%" in err and err.endswith("\n")
+            else:
+                assert err == ""
+    finally:
+        reg.stop()
