@@ -332,3 +332,33 @@ def test_disk_read_write_when_asked_writes_into_the_disk(store, tmp_path, fmt):
     finally:
         apply_release_rootfs(again)
     assert read_mount_lines(str(tmp_path)) == []
+
+
+@needs_registry
+def test_concurrent_pulls_in_two_processes_and_saved_archives_interoperate(store, layout, tmp_path):
+    reg = Registry(str(tmp_path))
+    try:
+        reg.skopeo_copy("oci:%s:latest" % layout, "bb:v1")
+        code = ("import sys; from capsa.engine.images.store import ImageStore; "
+                "print(ImageStore(%r).pull(%r, tls_verify=False))" % (store.root,
+                                                                    "%s/bb:v1" % reg.addr))
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        procs = [subprocess.Popen(["python3", "-c", code], cwd=repo, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(3)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], outs
+        ids = {o[0].strip() for o in outs}
+        assert len(ids) == 1
+        image = ids.pop().decode()
+        assert len(os.listdir(store.path("layers"))) == 2
+        assert os.listdir(store.path("tmp")) == []
+        for fmt in ("docker-archive", "oci-archive"):
+            path = str(tmp_path / (fmt + ".tar"))
+            store.save([image], path, fmt)
+            out = run("skopeo", "inspect", "%s:%s" % (fmt, path)).stdout
+            assert len(json.loads(out)["Layers"]) == 2
+            other = ImageStore(str(tmp_path / ("load-" + fmt)))
+            assert other.load(path) == image
+            check_merged_image(other, image, tmp_path)
+    finally:
+        reg.stop()
