@@ -1,0 +1,143 @@
+"""libseccomp through ctypes: turns a seccomp plan (capsa.runtime.apply.security) into a classic
+BPF program, and reads what libseccomp and the kernel support. `libseccomp.so.2` is loaded on
+first use only, never at import. Runs on the host side, before fork (the container's init only
+loads the finished program through SecurityCalls.seccomp_load). Imports only ctypes, os, errors.
+"""
+import ctypes
+import os
+
+from capsa.errors import ConfigError, KernelError
+
+_LIBRARY = "libseccomp.so.2"
+SCMP_FLTATR_CTL_NNP = 3
+SCMP_FLTATR_CTL_OPTIMIZE = 8
+NR_SCMP_ERROR = -1
+SECCOMP_SET_MODE_FILTER = 1
+
+_lib = None
+
+
+class _ArgCmp(ctypes.Structure):
+    # struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+def load_library():
+    """The libseccomp handle, loaded once; a clear error when the library is missing."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    try:
+        lib = ctypes.CDLL(_LIBRARY, use_errno=True)
+    except OSError:
+        raise ConfigError("linux.seccomp needs %s, which is not installed" % _LIBRARY,
+                          field="linux.seccomp", hint="install libseccomp2 (apt-get install "
+                          "libseccomp2), or drop linux.seccomp")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = (ctypes.c_uint32,)
+    lib.seccomp_release.argtypes = (ctypes.c_void_p,)
+    lib.seccomp_attr_set.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)
+    lib.seccomp_arch_add.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+    lib.seccomp_arch_resolve_name.argtypes = (ctypes.c_char_p,)
+    lib.seccomp_arch_native.restype = ctypes.c_uint32
+    lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+    lib.seccomp_rule_add_array.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp))
+    lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    lib.seccomp_export_pfc.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    _lib = lib
+    return lib
+
+
+def read_libseccomp_version():
+    """"2.5.4", or None when libseccomp is not installed."""
+    try:
+        lib = load_library()
+    except ConfigError:
+        return None
+    version = lib.seccomp_version().contents
+    return "%d.%d.%d" % (version.major, version.minor, version.micro)
+
+
+def read_known_arches(names):
+    """The subset of libseccomp arch names (tables.SECCOMP_ARCHES values) this libseccomp knows."""
+    lib = load_library()
+    return [name for name in names if lib.seccomp_arch_resolve_name(name.encode())]
+
+
+def read_supported_flags(flags):
+    """Which SECCOMP_FILTER_FLAG_* bits the kernel accepts: with a NULL program, a known flag
+    fails with EFAULT and an unknown one with EINVAL (the probe libseccomp itself uses)."""
+    from capsa.syscalls.libc import libc, NR
+    supported = []
+    for bit in flags:
+        ctypes.set_errno(0)
+        if libc.syscall(NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(bit), None) < 0 \
+                and ctypes.get_errno() == 14:
+            supported.append(bit)
+    return supported
+
+
+def read_syscall_number(name):
+    """The native number (or libseccomp's negative pseudo number) of a syscall name, or None."""
+    number = load_library().seccomp_syscall_resolve_name(name.encode())
+    return None if number == NR_SCMP_ERROR else number
+
+
+def compile_filter(seccomp, export="bpf"):
+    """-> (program bytes, names skipped as unknown). `seccomp` is the plan's seccomp dict;
+    export "pfc" gives libseccomp's readable listing of the same filter instead of BPF."""
+    lib = load_library()
+    ctx = lib.seccomp_init(seccomp["default"])
+    if not ctx:
+        raise ConfigError("libseccomp refused the default action %#x" % seccomp["default"],
+                          field="linux.seccomp.defaultAction")
+    try:
+        # the runtime sets no_new_privs itself, only when the spec asks for it
+        lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)
+        # binary search over syscall numbers (libseccomp >= 2.5): fewer jumps per syscall
+        lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        for name in seccomp["arches"]:
+            token = lib.seccomp_arch_resolve_name(name.encode())
+            if not token:
+                raise ConfigError("libseccomp %s does not know the architecture %s" % (
+                    read_libseccomp_version(), name), field="linux.seccomp.architectures",
+                    hint="remove it, or install a newer libseccomp2")
+            result = lib.seccomp_arch_add(ctx, token)
+            if result < 0 and result != -17:  # EEXIST: the native arch is always in
+                raise ConfigError("cannot add architecture %s: %s" % (name, os.strerror(-result)),
+                                  field="linux.seccomp.architectures")
+        skipped = []
+        for rule in seccomp["rules"]:
+            number = lib.seccomp_syscall_resolve_name(rule["name"].encode())
+            if number == NR_SCMP_ERROR:
+                # unknown to this libseccomp: skipped, as runc does, so one profile serves
+                # old and new kernels
+                if rule["name"] not in skipped:
+                    skipped.append(rule["name"])
+                continue
+            args = rule["args"]
+            array = (_ArgCmp * max(len(args), 1))(*[_ArgCmp(*arg) for arg in args])
+            result = lib.seccomp_rule_add_array(ctx, rule["action"], number, len(args), array)
+            if result < 0:
+                raise ConfigError("libseccomp refused the rule for %s: %s" % (
+                    rule["name"], os.strerror(-result)), field=rule["field"])
+        fd = os.memfd_create("capsa-seccomp", os.MFD_CLOEXEC)
+        try:
+            exporter = lib.seccomp_export_pfc if export == "pfc" else lib.seccomp_export_bpf
+            result = exporter(ctx, fd)
+            if result < 0:
+                raise KernelError("seccomp export: " + os.strerror(-result), errno=-result)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            return os.pread(fd, size, 0), skipped
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
