@@ -31,7 +31,7 @@ def test_overlay_options_put_the_top_layer_first():
         build_overlay_options(["/l/a,b"], "/u", "/w")
 
 
-def test_kinds(tmp_path):
+def test_kinds(tmp_path, monkeypatch):
     (tmp_path / "dir").mkdir()
     (tmp_path / "r.tar.gz").write_bytes(b"x")
     (tmp_path / "d.img").write_bytes(b"x")
@@ -41,6 +41,13 @@ def test_kinds(tmp_path):
     assert build_rootfs_kind(str(tmp_path / "d.img")) == "disk"
     assert build_rootfs_kind(str(tmp_path / "noext")) == "disk"
     assert build_rootfs_kind("busybox") == "image"
+    assert build_rootfs_kind("127.0.0.1:5000/bb:v1") == "image"
+    (tmp_path / "localhost").mkdir()
+    (tmp_path / "localhost" / "bb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert build_rootfs_kind("noext") == "image"
+    assert build_rootfs_kind("localhost/bb") == "image"
+    assert build_rootfs_kind("./noext") == "disk"
     with pytest.raises(ImageError):
         build_rootfs_kind(str(tmp_path / "missing"))
 

@@ -30,7 +30,11 @@ def build_overlay_options(lower_dirs, upper, work):
 def build_rootfs_kind(target):
     """'folder', 'tar', 'disk' or 'image' for what apply_container_rootfs was given."""
     text = os.fspath(target)
-    if os.path.isdir(text) and ("/" in text or text.startswith(".")):
+    if not text.startswith("/") and not text.startswith("."):
+        # image references never start with / or .: `busybox` or `localhost/bb` is an image
+        # even when a file of that name is in the current folder
+        return "image"
+    if os.path.isdir(text):
         return "folder"
     if os.path.isfile(text):
         lower = text.lower()
@@ -40,10 +44,8 @@ def build_rootfs_kind(target):
             return "tar"
         from capsa.engine.images.disk import read_is_qcow2
         return "disk" if read_is_qcow2(text) else "tar"
-    if text.startswith("/") or text.startswith("./"):
-        raise ImageError("rootfs %s does not exist" % text, field="rootfs",
-                         hint="give an existing folder, tarball, .qcow2 or .img disk")
-    return "image"
+    raise ImageError("rootfs %s does not exist" % text, field="rootfs",
+                     hint="give an existing folder, tarball, .qcow2 or .img disk")
 
 
 def _kernel(kernel):
