@@ -362,3 +362,20 @@ def test_concurrent_pulls_in_two_processes_and_saved_archives_interoperate(store
             check_merged_image(other, image, tmp_path)
     finally:
         reg.stop()
+
+
+@needs_registry
+def test_self_signed_registry_needs_tls_verify_false(store, layout, tmp_path):
+    if not have("openssl"):
+        pytest.skip("openssl is not installed (needed to make a self-signed certificate)")
+    reg = Registry(str(tmp_path), tls=True)
+    try:
+        reg.skopeo_copy("oci:%s:latest" % layout, "bb:tls")
+        with pytest.raises(ImageError) as err:
+            store.pull("%s/bb:tls" % reg.addr)
+        assert "--tls-verify=false" in err.value.line() and "\n" not in err.value.line()
+        assert store.list() == []
+        image = store.pull("%s/bb:tls" % reg.addr, tls_verify=False)
+        assert store.push(image, "%s/bb:tls2" % reg.addr, tls_verify=False)
+    finally:
+        reg.stop()

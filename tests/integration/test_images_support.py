@@ -61,7 +61,7 @@ def free_port():
 class Registry:
     """Debian's docker-registry on 127.0.0.1:<free port>, anonymous or with htpasswd users."""
 
-    def __init__(self, workdir, htpasswd=None):
+    def __init__(self, workdir, htpasswd=None, tls=False):
         self.port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
         self.dir = os.path.join(workdir, "registry")
@@ -69,6 +69,12 @@ class Registry:
         conf = ["version: 0.1", "log:", "  level: error", "storage:",
                 "  filesystem:", "    rootdirectory: %s/data" % self.dir,
                 "  delete:", "    enabled: true", "http:", "  addr: %s" % self.addr]
+        if tls:
+            cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+            run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", key, "-out", cert)
+            conf += ["  tls:", "    certificate: " + cert, "    key: " + key]
         if htpasswd:
             conf += ["auth:", "  htpasswd:", "    realm: capsa-test", "    path: %s" % htpasswd]
         self.conf = os.path.join(self.dir, "config.yml")
