@@ -111,6 +111,8 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         child = os.fork()
         if child == 0:
             parent_end.close()
+            # the flock belongs to this create, not to the init that outlives it
+            os.close(lock_fd)
             _child_main(kernel, plan, child_end, fifo_dir)  # never returns
         child_end.close()
         os.close(fifo_dir)
@@ -211,6 +213,8 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
     if init_pid != child:
         os.waitpid(child, 0)
     apply_cgroup_join(kernel, plan["cgroup"], init_pid)
+    if plan.get("pidfd_socket"):
+        _send_pidfd(plan["pidfd_socket"], init_pid)
     sync.send(sock, "cgroup-ok")
     sync.expect(sock, "create-hooks")
     record["pid"] = init_pid
@@ -249,6 +253,17 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
         if kind == "eof":
             raise ContainerError("container process exited during setup")
         raise ContainerError("protocol error: unexpected %r" % kind)
+
+
+def _send_pidfd(path, pid):
+    """--pidfd-socket: hand the caller a pidfd of the init (it outlives pid reuse)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        sync.send_fd_to_path(path, pidfd)
+    except OSError as exc:
+        raise ContainerError("cannot send a pidfd to --pidfd-socket %s: %s" % (path, exc.strerror))
+    finally:
+        os.close(pidfd)
 
 
 def _child_main(kernel, plan, sock, fifo_dir):
@@ -307,6 +322,8 @@ def _init_main(kernel, plan, sock, fifo_dir):
         namespaces.apply_unshare(kernel, ("cgroup",))
     proc = plan["process"]
     namespaces.apply_host_identity(kernel, plan["hostname"], plan["domainname"])
+    if plan.get("new_keyring"):
+        _join_keyring(kernel, plan["id"])
     process.apply_rlimits(kernel, proc)
     proc_self = _open_proc_self(kernel)
     process.apply_process_attributes(kernel, proc, proc_self)
@@ -341,6 +358,15 @@ def _init_main(kernel, plan, sock, fifo_dir):
         security.apply_after_identity(kernel, plan["security"], send_fd)
     process.apply_final_affinity(kernel, proc)
     process.apply_exec(kernel, executable, proc)
+
+
+def _join_keyring(kernel, container_id):
+    from capsa.errors import KernelError
+    try:
+        kernel.join_session_keyring(container_id)
+    except KernelError as err:
+        if err.errno not in (38, 1, 13):  # ENOSYS, or keyctl filtered/denied on this host
+            raise
 
 
 def _open_proc_self(kernel):

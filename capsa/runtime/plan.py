@@ -89,4 +89,6 @@ def build_plan(spec, bundle, container_id, facts, options):
         "annotations": annotations,
         "preserve_fds": int(options.get("preserve_fds") or 0),
         "console_socket": options.get("console_socket"),
+        "pidfd_socket": options.get("pidfd_socket"),
+        "new_keyring": not options.get("no_new_keyring"),
     }

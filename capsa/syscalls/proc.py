@@ -135,6 +135,12 @@ class ProcCalls:
     def pidfd_send_signal(self, pidfd, sig):
         check(syscall("pidfd_send_signal", pidfd, sig, None, 0), "pidfd_send_signal %d" % sig)
 
+    def join_session_keyring(self, name):
+        """keyctl(KEYCTL_JOIN_SESSION_KEYRING): a fresh session keyring, so the container does
+        not share the caller's keys."""
+        return check(syscall("keyctl", 1, name.encode() if name else None),
+                     "keyctl(KEYCTL_JOIN_SESSION_KEYRING, %r)" % name)
+
     def execve(self, path, args, env):
         _os("exec %s" % path, os.execve, path, args, env)
 

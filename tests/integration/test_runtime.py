@@ -314,3 +314,37 @@ def test_preserve_fds_passes_extra_files(rt, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "through fd 3"
     assert sorted(result.stdout.split()[3:], key=int) == ["0", "1", "2", "3", "4"]
+
+
+def test_new_session_keyring_unless_asked_not_to(rt):
+    def unmask(spec):
+        spec["linux"]["maskedPaths"] = [p for p in spec["linux"]["maskedPaths"]
+                                        if p != "/proc/keys"]
+    fresh = rt.run(["cat", "/proc/keys"], mutate=unmask, container_id="keys1")
+    assert fresh.returncode == 0, fresh.stderr
+    assert " keys1: " in fresh.stdout
+    bundle = rt.bundle(["cat", "/proc/keys"], name="b2", mutate=unmask)
+    shared = rt("run", "--no-new-keyring", "--bundle", bundle, "keys2")
+    assert shared.returncode == 0, shared.stderr
+    assert " keys2: " not in shared.stdout
+
+
+def test_pidfd_socket_receives_the_init(rt, tmp_path):
+    path = str(tmp_path / "pidfd.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    bundle = rt.bundle(["sleep", "30"])
+    proc = subprocess.Popen(rt.cmd + ["--root", str(rt.root), "create", "--bundle", bundle,
+                                      "--pidfd-socket", path, "pfd2"], stdout=subprocess.DEVNULL)
+    rt.ids.append("pfd2")
+    conn, _ = server.accept()
+    fds = array.array("i")
+    msg, ancdata, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(4))
+    for level, kind, data in ancdata:
+        fds.frombytes(data[:4])
+    assert proc.wait(timeout=30) == 0
+    pid = json.loads(rt("state", "pfd2").stdout)["pid"]
+    with open("/proc/self/fdinfo/%d" % fds[0]) as info:
+        assert "Pid:\t%d" % pid in info.read()
+    os.close(fds[0])
