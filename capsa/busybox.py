@@ -112,13 +112,12 @@ def build_busybox_rootfs(dest, busybox=BUSYBOX, replace=False):
     dest = os.path.abspath(dest)
     entries = build_busybox_entries(read_busybox_applets(busybox))
     if os.path.lexists(dest) and not replace and not _is_empty_dir(dest):
-        raise ImageError("%s exists and is not empty" % dest,
+        raise ImageError("%s exists and is not an empty folder" % dest,
                          hint="remove it, or pass replace=True to rebuild it")
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
     partial = "%s.partial-%d" % (dest, os.getpid())
     old = "%s.old-%d" % (dest, os.getpid())
     try:
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
         apply_busybox_tree(entries, partial, busybox)
         if os.path.lexists(dest):
             os.rename(dest, old)
@@ -219,7 +218,9 @@ def _is_empty_dir(path):
 
 
 def _remove_tree(path):
-    if os.path.lexists(path):
+    if os.path.islink(path):
+        os.unlink(path)
+    elif os.path.lexists(path):
         import shutil
         shutil.rmtree(path, ignore_errors=True)
 

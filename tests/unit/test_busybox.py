@@ -141,7 +141,7 @@ def test_existing_tree_is_kept_unless_replace(tmp_path):
     dest.mkdir()
     build_busybox_rootfs(str(dest))  # an empty folder is taken
     (dest / "etc" / "marker").write_text("mine")
-    with pytest.raises(ImageError, match="not empty"):
+    with pytest.raises(ImageError, match="not an empty folder"):
         build_busybox_rootfs(str(dest))
     assert (dest / "etc" / "marker").read_text() == "mine"
     build_busybox_rootfs(str(dest), replace=True)
@@ -205,8 +205,25 @@ def test_module_command_line(tmp_path, capsys):
     assert busybox.main([str(tmp_path / "r")]) == 0
     assert os.path.islink(tmp_path / "r" / "bin" / "sh")
     assert busybox.main([str(tmp_path / "r")]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty folder" in capsys.readouterr().err
     assert busybox.main([str(tmp_path / "r.tar"), "--tar"]) == 0
     assert tarfile.is_tarfile(tmp_path / "r.tar")
     assert busybox.main(["--bogus"]) == 2
     assert busybox.main([]) == 2
+
+
+@needs_busybox
+def test_unwritable_place_and_symlinked_dest(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ImageError, match="cannot write"):
+        build_busybox_rootfs(str(blocker / "rootfs"))
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ImageError, match="not an empty folder"):
+        build_busybox_rootfs(str(link))
+    build_busybox_rootfs(str(link), replace=True)
+    assert not link.is_symlink() and (link / "bin" / "busybox").is_file()
+    assert target.is_dir() and sorted(os.listdir(tmp_path)) == ["elsewhere", "file", "link"]
