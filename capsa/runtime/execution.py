@@ -93,9 +93,9 @@ def exec_process(ctx, kernel, container_id, opts, args):
         raise StateError("cannot exec in container %s: it is %s" % (container_id, status))
     oci_process = build_exec_process(record, opts, args)
     process = build_process(oci_process, "process")
-    if process["terminal"] and not opts.get("console_socket"):
-        raise ConfigError("a terminal needs --console-socket", field="process.terminal",
-                          hint="pass --console-socket, or drop --tty")
+    if process["terminal"] and not opts.get("console_socket") and opts.get("detach"):
+        raise ConfigError("a detached process with a terminal needs --console-socket",
+                          field="process.terminal", hint="pass --console-socket, or drop --tty")
     spec = dict(record.get("spec") or {})
     spec["process"] = oci_process
     security = build_security_plan(spec, read_security_facts())
@@ -136,7 +136,7 @@ def exec_process(ctx, kernel, container_id, opts, args):
             from capsa.runtime.cgroups.manager import apply_cgroup_join
             apply_cgroup_join(kernel, cgroup, pid)
         sync.send(parent_end, "cgroup-ok")
-        _serve(parent_end, opts, record)
+        master = _serve(parent_end, opts, record)
     except BaseException:
         if pid:
             try:
@@ -153,17 +153,28 @@ def exec_process(ctx, kernel, container_id, opts, args):
         _write_pid_file(opts["pid_file"], pid)
     if detach:
         return 0
-    from capsa.runtime.commands.run import wait_forwarding
+    from capsa.runtime.commands.run import forward_signals, wait_forwarding
+    if master is not None:
+        from capsa.runtime.console import relay
+        forward_signals(pid)
+        start_time = states.read_start_time(pid)
+        relay(master, lambda: states.read_start_time(pid) != start_time)
+        os.close(master)
     return wait_forwarding(pid)
 
 
 def _serve(sock, opts, record):
+    """Answer the process until execve closes the channel; returns a pty master to relay when
+    there is a terminal and no --console-socket."""
+    master = None
     while True:
         kind, payload, fds = sync.receive(sock)
         try:
             if kind == "eof":
-                return
-            if kind == "console":
+                return master
+            if kind == "console" and not opts.get("console_socket"):
+                master = fds.pop(0)
+            elif kind == "console":
                 try:
                     sync.send_fd_to_path(opts["console_socket"], fds[0], payload["slave"].encode())
                 except OSError as exc:

@@ -137,6 +137,7 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
 def _stored(record):
     stored = dict(record)
     stored.pop("dir", None)
+    stored.pop("console_master", None)
     return stored
 
 
@@ -224,6 +225,9 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
     sync.send(sock, "hooks-done")
     while True:
         kind, payload, fds = sync.receive(sock)
+        if kind == "console" and not plan["console_socket"]:
+            record["console_master"] = fds[0]  # a foreground run relays it (capsa.runtime.console)
+            continue
         if kind == "console":
             try:
                 sync.send_fd_to_path(plan["console_socket"], fds[0], payload["slave"].encode())

@@ -348,3 +348,19 @@ def test_pidfd_socket_receives_the_init(rt, tmp_path):
     with open("/proc/self/fdinfo/%d" % fds[0]) as info:
         assert "Pid:\t%d" % pid in info.read()
     os.close(fds[0])
+
+
+def test_foreground_terminal_without_console_socket(rt):
+    """`run` and `exec --tty` in a terminal relay a pty of the container (needs script(1))."""
+    import shutil
+    if not shutil.which("script"):
+        pytest.skip("script(1) from util-linux is not installed")
+    bundle = rt.bundle(["sh", "-c", "tty; stty size; exit 5"], terminal=True)
+    import shlex
+    command = shlex.join(rt.cmd + ["--root", str(rt.root), "run", "--bundle", bundle, "ttyrun"])
+    result = subprocess.run(["script", "-qec", "stty rows 40 cols 132; " + command, "/dev/null"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.replace("\r", "").split()
+    assert result.returncode == 5
+    assert lines[0].startswith("/dev/pts/") and lines[1:3] == ["40", "132"]
+    rt.ids.append("ttyrun")

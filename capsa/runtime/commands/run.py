@@ -12,6 +12,8 @@ def run(ctx, opts, args):
     from capsa.syscalls.kernel import Kernel
     container_id = args[0]
     detach = bool(opts.get("detach"))
+    if not detach:
+        opts = dict(opts, tty_ok=True)
     bundle, plan, spec = prepare(ctx, opts, container_id)
     subreaper = not detach and not opts.get("no_subreaper")
     record = create_container(ctx, Kernel(), container_id, bundle, plan, spec,
@@ -23,6 +25,14 @@ def run(ctx, opts, args):
         raise
     if detach:
         return 0
+    forward_signals(record["pid"])
+    master = record.get("console_master")
+    if master is not None:
+        from capsa.runtime.console import relay
+        from capsa.runtime.state import read_start_time
+        start_time = record["pid_start"]
+        relay(master, lambda: read_start_time(record["pid"]) != start_time)
+        os.close(master)
     status = wait_forwarding(record["pid"])
     if not opts.get("keep"):
         lifecycle.delete(ctx.root, container_id, force=True,
@@ -30,9 +40,8 @@ def run(ctx, opts, args):
     return status
 
 
-def wait_forwarding(pid):
-    """Forward the usual signals to `pid` and reap children (we are their subreaper) until it is
-    gone; its exit status (128+signal when killed) is returned."""
+def forward_signals(pid):
+    """Pass the usual signals on to `pid` (the container's process)."""
     import _signal
 
     def forward(signum, frame):
@@ -42,6 +51,12 @@ def wait_forwarding(pid):
             pass
     for signum in FORWARDED:
         _signal.signal(signum, forward)
+
+
+def wait_forwarding(pid):
+    """Forward the usual signals to `pid` and reap children (we are their subreaper) until it is
+    gone; its exit status (128+signal when killed) is returned."""
+    forward_signals(pid)
     while True:
         try:
             reaped, status = os.waitpid(-1, 0)
