@@ -72,15 +72,10 @@ def _spawn(plan, argv, uid=0, gid=0, send_fd=None, probe=None):
 
 
 def _finish(pid, read_end):
-    chunks = []
-    while True:
-        chunk = os.read(read_end, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
+    with os.fdopen(read_end, "rb") as output:
+        text = output.read().decode()
     _, status = os.waitpid(pid, 0)
-    return status, b"".join(chunks).decode()
+    return status, text
 
 
 def _run(plan, argv, **kwargs):
