@@ -234,7 +234,7 @@ def cmd_start(ctx, argv):
 def apply_stop(ctx, store, record, timeout=None, signal=None):
     """Docker's stop: the stop signal, up to `timeout` seconds, then SIGKILL; never restarted."""
     id = record["id"]
-    open(store.path(id, "stop-requested"), "w").close()
+    _mark_stop(store, id)
     status = store.status(record)
     if status not in ("running", "paused", "restarting"):
         return False
@@ -262,12 +262,22 @@ def apply_stop(ctx, store, record, timeout=None, signal=None):
     return True
 
 
+def _mark_stop(store, id):
+    """A stop by the user: the monitor must not restart the container afterwards."""
+    try:
+        open(store.path(id, "stop-requested"), "w").close()
+    except FileNotFoundError:
+        pass
+
+
 def _wait_exited(store, record, timeout):
     """Until the monitor recorded the exit (state.json says exited) and let go of the runtime."""
     deadline = time.monotonic() + timeout
     while True:
         state = store.state(record["id"])
         status = store.status(record)
+        if state.get("status") == "removed":
+            return True
         if status == "exited":
             mon = state.get("monitor_pid")
             from capsa.engine.store import read_pid_start
@@ -342,7 +352,7 @@ def cmd_kill(ctx, argv):
         if store.status(record) not in ("running", "paused"):
             raise StateError("container " + ref + " is not running", field="kill")
         if sig in (9, 15):
-            open(store.path(record["id"], "stop-requested"), "w").close()
+            _mark_stop(store, record["id"])
         _runtime_for(ctx, record).kill(record["id"], sig)
         ctx.stdout.write(ref + "\n")
 

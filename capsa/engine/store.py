@@ -131,12 +131,19 @@ class ContainerStore:
                          hint="see `capsa ps -a` for the names and ids")
 
     def state(self, id):
-        return read_json(self.path(id, "state.json"), {"status": "created"})
+        state = read_json(self.path(id, "state.json"))
+        if state is None:
+            # gone with --rm while we looked: "removed", never mistaken for "created"
+            return {"status": "created" if os.path.isdir(self.path(id)) else "removed"}
+        return state
 
     def set_state(self, id, **changes):
         state = self.state(id)
         state.update(changes)
-        write_json_atomic(self.path(id, "state.json"), state)
+        try:
+            write_json_atomic(self.path(id, "state.json"), state)
+        except FileNotFoundError:
+            pass
         return state
 
     def status(self, record):
