@@ -13,6 +13,8 @@ SCMP_FLTATR_CTL_NNP = 3
 SCMP_FLTATR_CTL_OPTIMIZE = 8
 NR_SCMP_ERROR = -1
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 32
 
 _lib = None
 
@@ -78,8 +80,11 @@ def read_supported_flags(flags):
     from capsa.syscalls.libc import libc, NR
     supported = []
     for bit in flags:
+        probe = bit
+        if bit == SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV:
+            probe |= SECCOMP_FILTER_FLAG_NEW_LISTENER  # EINVAL alone (kernel/seccomp.c)
         ctypes.set_errno(0)
-        if libc.syscall(NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(bit), None) < 0 \
+        if libc.syscall(NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(probe), None) < 0 \
                 and ctypes.get_errno() == 14:
             supported.append(bit)
     return supported

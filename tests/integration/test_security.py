@@ -141,7 +141,9 @@ def test_no_new_privs_is_set_only_when_asked():
     assert _status_lines(out)["NoNewPrivs"] == "0"
 
 
-ERRNO_PROFILE = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+ERRNO_PROFILE = {"defaultAction": "SCMP_ACT_ALLOW",
+                 "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                 "syscalls": [
     {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EXDEV}]}
 
 
@@ -161,8 +163,8 @@ def test_blocked_syscall_returns_the_configured_errno(tmp_path, no_new_privs):
 
 
 @pytest.mark.parametrize("action", ["SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-                                    "SCMP_ACT_KILL_THREAD"])
-def test_kill_actions_kill_with_sigsys(tmp_path, action):
+                                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP"])
+def test_kill_and_trap_actions_end_in_sigsys(tmp_path, action):
     plan = _plan({"noNewPrivileges": True}, {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["mkdir", "mkdirat"], "action": action}]})
     status, out = _run(plan, [BUSYBOX, "mkdir", str(tmp_path / "x")])
@@ -170,7 +172,21 @@ def test_kill_actions_kill_with_sigsys(tmp_path, action):
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_notify_listener_receives_the_fd_and_answers_the_syscall(tmp_path):
+@pytest.mark.parametrize("action,made,message", [
+    ("SCMP_ACT_LOG", True, ""),                                    # allowed, and logged
+    ("SCMP_ACT_TRACE", False, os.strerror(errno.ENOSYS)),          # no tracer: ENOSYS
+])
+def test_log_and_trace_actions(tmp_path, action, made, message):
+    plan = _plan({"noNewPrivileges": True}, {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": action}]})
+    status, out = _run(plan, [BUSYBOX, "mkdir", str(tmp_path / "x")])
+    assert os.path.exists(tmp_path / "x") is made
+    assert message in out and (os.WEXITSTATUS(status) == 0) is made, (status, out)
+
+
+@pytest.mark.parametrize("flags", [[], ["SECCOMP_FILTER_FLAG_TSYNC",
+                                          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]])
+def test_notify_listener_receives_the_fd_and_answers_the_syscall(tmp_path, flags):
     path = str(tmp_path / "agent.sock")
     target = str(tmp_path / "made")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -179,6 +195,7 @@ def test_notify_listener_receives_the_fd_and_answers_the_syscall(tmp_path):
     server.settimeout(10)
     plan = _plan({"noNewPrivileges": True}, {
         "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": path, "listenerMetadata": "agent=t",
+        "flags": flags,
         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]})
     assert plan["seccomp_before_start"] is True
 

@@ -228,12 +228,20 @@ def test_flags_become_kernel_bits():
     plan = _plan({"defaultAction": "SCMP_ACT_ALLOW", "flags": [
         "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
         "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]})
-    assert plan["flags"] == 2 | 4 | 32
+    # WAIT_KILLABLE_RECV only with a listener: seccomp(2) refuses it alone
+    assert plan["flags"] == 2 | 4
     assert plan["listener"] is False
+    plan = _plan({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x", "flags": [
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"], "syscalls": [
+        {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})
+    assert plan["flags"] == 8 | 32
+    assert plan["flag_names"] == ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
 
 
 def test_kernel_support_of_flags_is_probed():
-    assert libseccomp.read_supported_flags([1, 2, 4]) == [1, 2, 4]
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2])
+    expected = [1, 2, 4, 32] if release >= (5, 19) else [1, 2, 4]
+    assert libseccomp.read_supported_flags([1, 2, 4, 32]) == expected
     assert libseccomp.read_supported_flags([1 << 20]) == []
 
 

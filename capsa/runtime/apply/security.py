@@ -253,7 +253,10 @@ def build_seccomp_plan(section, facts):
         raise ConfigError("SCMP_ACT_NOTIFY needs a listener", field=field + ".listenerPath",
                           hint="set listenerPath to the unix socket of your seccomp agent")
     kernel_flags = flags
-    if notify:
+    if not notify:
+        # only means something for a listener, and seccomp(2) refuses it without one
+        kernel_flags &= ~tables.SECCOMP_FLAGS["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]
+    else:
         kernel_flags |= tables.SECCOMP_FLAG_NEW_LISTENER
         if flags & tables.SECCOMP_FLAGS["SECCOMP_FILTER_FLAG_TSYNC"]:
             kernel_flags |= tables.SECCOMP_FLAG_TSYNC_ESRCH
@@ -356,7 +359,7 @@ def prepare_security(plan, cache_dir=None):
     """Compile the seccomp filter with libseccomp, on the host, before fork: the init cannot
     import or load libraries once it is inside the container. -> names skipped as unknown.
     Compiling Docker's profile takes ~17 ms, reading it back from `cache_dir` (default
-    $CAPSA_SECCOMP_CACHE, else /run/capsa/seccomp for root; "" disables) well under 1 ms."""
+    $CAPSA_SECCOMP_CACHE, else /run/capsa-seccomp for root; "" disables) well under 1 ms."""
     seccomp = plan.get("seccomp")
     if not seccomp:
         return []
@@ -371,7 +374,8 @@ def prepare_security(plan, cache_dir=None):
     if cache_dir is None:
         cache_dir = os.environ.get("CAPSA_SECCOMP_CACHE")
         if cache_dir is None and os.geteuid() == 0:
-            cache_dir = "/run/capsa/seccomp"
+            # beside, not below, the default --root /run/capsa: there every folder is a container
+            cache_dir = "/run/capsa-seccomp"
     key = None
     cached = None
     if cache_dir:
