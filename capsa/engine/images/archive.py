@@ -98,10 +98,10 @@ def _copy_to(src, dest, progress=None, digest=None, total=None):
 class LayoutSource:
     """oci:DIR[:NAME] and oci-archive:FILE[:NAME]."""
 
-    parallel = False
-
     def __init__(self, files, label, name):
         self.files = files
+        # a folder's blobs can be read by several threads; one tarfile object cannot
+        self.parallel = isinstance(files, _DirFiles)
         self.label = label
         self.name = name
         layout = _json(_read_small(files, "oci-layout", label), label + " oci-layout")
@@ -224,7 +224,7 @@ class DockerArchiveSource:
 class DirSource:
     """skopeo's dir:PATH: manifest.json and blobs named by their hex digest."""
 
-    parallel = False
+    parallel = True
 
     def __init__(self, path):
         self.files = _DirFiles(path)

@@ -50,9 +50,6 @@ class RegistryClient:
         self.schemes = ["https", "http"] if self.insecure else ["https"]
         self.scope = "repository:%s:%s" % (repository, "pull,push" if push else "pull")
         self.auth = None
-        self.lock = None
-        import threading
-        self.lock = threading.Lock()
 
     def _connect(self, scheme, host):
         import http.client
