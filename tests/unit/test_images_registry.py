@@ -33,8 +33,10 @@ def layer_tar(text, size=0):
 
 
 class FakeRegistry:
-    def __init__(self, user="alice", password="secret"):
+    def __init__(self, user="alice", password="secret", anonymous=False):
         self.blobs, self.manifests, self.ranges, self.cut = {}, {}, [], {}
+        self.anonymous = anonymous
+        self.token_requests = []
         self.creds = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
         owner = self
 
@@ -55,7 +57,8 @@ class FakeRegistry:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 if path == "/token":
-                    if self.headers.get("Authorization") != owner.creds:
+                    owner.token_requests.append((self.path, self.headers.get("Authorization")))
+                    if not owner.anonymous and self.headers.get("Authorization") != owner.creds:
                         return self.send(401)
                     return self.send(200, json.dumps({"token": "tok"}).encode())
                 if self.headers.get("Authorization") != "Bearer tok":
@@ -218,3 +221,17 @@ def test_missing_tag_and_unreachable_registry(registry, store):
     with pytest.raises(ImageError) as err:
         store.pull("127.0.0.1:%d/bb:v1" % port)
     assert "--tls-verify=false" in err.value.line()
+
+
+def test_anonymous_token_with_scope_and_service(tmp_path):
+    reg = FakeRegistry(anonymous=True)
+    try:
+        manifest, _ = reg.add_image("amd64")
+        reg.manifests["v1"] = (manifest, mf.DOCKER_MANIFEST)
+        store = ImageStore(str(tmp_path / "s"), auth_file=str(tmp_path / "none.json"))
+        store.pull(reg.addr + "/team/bb:v1", tls_verify=False)
+        path, authorization = reg.token_requests[0]
+        assert authorization is None
+        assert "scope=repository%3Ateam%2Fbb%3Apull" in path and "service=fake" in path
+    finally:
+        reg.stop()
