@@ -83,16 +83,9 @@ def _json(data, what):
 
 
 def _copy_to(src, dest, progress=None, digest=None, total=None):
-    done = 0
+    from capsa.engine.images.layer import apply_copy_stream
     with open(dest, "wb") as out:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            out.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(digest, done, total)
+        apply_copy_stream(src.read, out, progress, digest, total)
 
 
 class LayoutSource:

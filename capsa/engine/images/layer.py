@@ -40,6 +40,18 @@ class HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
+def apply_copy_stream(read, out, progress=None, digest=None, total=None, done=0):
+    """Copy chunks from `read(n)` into the file `out` until EOF; report (digest, done, total)."""
+    while True:
+        chunk = read(_CHUNK)
+        if not chunk:
+            return done
+        out.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(digest, done, total)
+
+
 def read_compression(path):
     """'gzip', 'zstd', 'xz', 'bzip2' or None (plain tar), from the file's magic bytes."""
     with open(path, "rb") as f:

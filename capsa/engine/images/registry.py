@@ -223,6 +223,7 @@ class RegistrySource:
     def fetch_blob(self, digest, size, dest, progress=None):
         """Download into `dest`, resuming a partial file from an earlier interrupted run."""
         import http.client
+        from capsa.engine.images.layer import apply_copy_stream
         have = os.path.getsize(dest) if os.path.exists(dest) else 0
         if size is not None and have > size:
             os.unlink(dest)
@@ -235,20 +236,17 @@ class RegistrySource:
         try:
             mode = "ab" if resp.status == 206 else "wb"
             done = have if resp.status == 206 else 0
+            host = self.client.host
+
+            def read(n):
+                try:
+                    return resp.read(n)
+                except (OSError, ValueError, http.client.HTTPException) as exc:
+                    raise ImageError("download of %s from %s broke off (%s)" % (digest, host, exc),
+                                     field="registry", hint="pull again: the download resumes") \
+                        from None
             with open(dest, mode) as out:
-                while True:
-                    try:
-                        chunk = resp.read(1 << 20)
-                    except (OSError, ValueError, http.client.HTTPException) as exc:
-                        raise ImageError("download of %s from %s broke off (%s)"
-                                         % (digest, self.client.host, exc), field="registry",
-                                         hint="pull again: the download resumes") from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(digest, done, size)
+                done = apply_copy_stream(read, out, progress, digest, size, done)
             # http.client returns a short body without error when the peer closes early
             if size is not None and done < size:
                 raise ImageError("download of %s from %s broke off at %d of %d bytes"
