@@ -5,6 +5,7 @@ loads the finished program through SecurityCalls.seccomp_load). Imports only cty
 """
 import ctypes
 import os
+import struct
 
 from capsa.errors import ConfigError, KernelError
 
@@ -49,6 +50,7 @@ def load_library():
     lib.seccomp_arch_resolve_name.argtypes = (ctypes.c_char_p,)
     lib.seccomp_arch_native.restype = ctypes.c_uint32
     lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = (ctypes.c_uint32, ctypes.c_char_p)
     lib.seccomp_rule_add_array.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                            ctypes.c_uint, ctypes.POINTER(_ArgCmp))
     lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
@@ -141,8 +143,90 @@ def compile_filter(seccomp, export="bpf"):
             if result < 0:
                 raise KernelError("seccomp export: " + os.strerror(-result), errno=-result)
             size = os.lseek(fd, 0, os.SEEK_END)
-            return os.pread(fd, size, 0), skipped
+            program = os.pread(fd, size, 0)
         finally:
             os.close(fd)
     finally:
         lib.seccomp_release(ctx)
+    if export == "bpf" and seccomp.get("enosys_stub"):
+        program = build_enosys_stub(read_last_syscalls(seccomp)) + program
+    return program, skipped
+
+
+# struct sock_filter opcodes (linux/filter.h) and what the stub needs to know
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JGT_K = 0x25
+_JSET_K = 0x45
+_RET_K = 0x06
+_OFFSET_NR = 0
+_OFFSET_ARCH = 4
+_X32_BIT = 0x40000000
+_ERRNO_ENOSYS = 0x00050000 | 38
+AUDIT_ARCH_X86_64 = 0xC000003E
+SCMP_ARCH_X32 = 0x4000003E
+_S390 = (0x16, 0x80000016)  # AUDIT_ARCH_S390, AUDIT_ARCH_S390X
+
+
+def read_last_syscalls(seccomp):
+    """-> {audit arch: {"native"|"x32": highest syscall number the profile names}} for each arch
+    of the filter and the native one (Docker lists no arch on some machines)."""
+    lib = load_library()
+    tokens = [lib.seccomp_arch_resolve_name(name.encode()) for name in seccomp["arches"]]
+    tokens.append(lib.seccomp_arch_native())
+    names = set(rule["name"] for rule in seccomp["rules"])
+    names.update(seccomp.get("other_names", ()))
+    last = {}
+    for token in tokens:
+        audit, mode = (AUDIT_ARCH_X86_64, "x32") if token == SCMP_ARCH_X32 else (token, "native")
+        if mode in last.get(audit, {}):
+            continue
+        numbers = [lib.seccomp_syscall_resolve_name_arch(token, name.encode()) for name in names]
+        numbers = [number for number in numbers if number >= 0]
+        if numbers:
+            last.setdefault(audit, {})[mode] = max(numbers)
+    return last
+
+
+def build_enosys_stub(last):
+    """Classic BPF to put before libseccomp's program: a syscall numbered above everything the
+    profile names is newer than the profile, so it gets ENOSYS (libcs then fall back to an older
+    call) instead of the default action's EPERM or kill. runc does the same (patchbpf)."""
+    if not last:
+        return b""
+    # built as (code, jt, jf, k) with jump targets as labels, resolved below
+    insns = []
+    for index, audit in enumerate(sorted(last)):
+        modes = last[audit]
+        following = "arch%d" % (index + 1) if index + 1 < len(last) else "filter"
+        insns.append(("arch%d" % index, _LD_W_ABS, 0, 0, _OFFSET_ARCH))
+        insns.append((None, _JEQ_K, None, following, audit))
+        insns.append((None, _LD_W_ABS, 0, 0, _OFFSET_NR))
+        if audit in _S390:
+            # unknown large numbers reach the filter as 0, the old multiplexer setup(2)
+            insns.append((None, _JEQ_K, "enosys", None, 0))
+        if audit == AUDIT_ARCH_X86_64:
+            x32 = "x32-%d" % index
+            insns.append((None, _JSET_K, x32 if "x32" in modes else "filter",
+                          None if "native" in modes else "filter", _X32_BIT))
+            if "native" in modes:
+                insns.append((None, _JGT_K, "enosys", "filter", modes["native"]))
+            if "x32" in modes:
+                insns.append((x32, _JGT_K, "enosys", "filter", modes["x32"]))
+        else:
+            insns.append((None, _JGT_K, "enosys", "filter", modes["native"]))
+    insns.append(("enosys", _RET_K, 0, 0, _ERRNO_ENOSYS))
+    where = {}
+    for position, insn in enumerate(insns):
+        if insn[0]:
+            where[insn[0]] = position
+    where["filter"] = len(insns)
+    out = []
+    for position, (_, code, jt, jf, k) in enumerate(insns):
+        jumps = []
+        for target in (jt, jf):
+            if isinstance(target, str):
+                target = where[target] - position - 1
+            jumps.append(target or 0)
+        out.append(struct.pack("=HBBI", code, jumps[0], jumps[1], k))
+    return b"".join(out)

@@ -350,3 +350,61 @@ def test_different_profiles_do_not_share_a_cache_entry(tmp_path):
     assert run_bpf(security.read_prepared_program(other["seccomp"]), NR["mkdir"]) == \
         _action("SCMP_ACT_ERRNO", 2)
     assert len(os.listdir(cache)) == 2
+
+
+# ------------------------------------------------------------------ ENOSYS for newer syscalls
+
+ENOSYS_RET = _action("SCMP_ACT_ERRNO", 38)
+DENY_BY_DEFAULT = {"defaultAction": "SCMP_ACT_ERRNO",
+                   "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                   "syscalls": [{"names": ["read", "getpid", "mkdir"], "action": "SCMP_ACT_ALLOW"}]}
+
+
+def test_syscalls_newer_than_the_profile_get_enosys_as_runc_does():
+    assert _plan(DENY_BY_DEFAULT)["enosys_stub"] is True
+    program, _ = _compile(DENY_BY_DEFAULT)
+    assert run_bpf(program, NR["mkdir"]) == _action("SCMP_ACT_ALLOW")
+    assert run_bpf(program, 50) == _action("SCMP_ACT_ERRNO", 1)     # known, not allowed
+    assert run_bpf(program, 84) == ENOSYS_RET                         # above mkdir, the last
+    assert run_bpf(program, 1000) == ENOSYS_RET
+    # x32 numbers carry bit 30 and have their own last syscall
+    assert run_bpf(program, 0x40000000 | 39) == _action("SCMP_ACT_ALLOW")
+    assert run_bpf(program, 0x40000000 | 84) == ENOSYS_RET
+    assert run_bpf(program, 0x40000000 | 50) == _action("SCMP_ACT_ERRNO", 1)
+    # i386: mkdir is 39 there
+    assert run_bpf(program, 39, arch=AUDIT_ARCH_I386) == _action("SCMP_ACT_ALLOW")
+    assert run_bpf(program, 40, arch=AUDIT_ARCH_I386) == ENOSYS_RET
+    assert run_bpf(program, 5, arch=AUDIT_ARCH_I386) == _action("SCMP_ACT_ERRNO", 1)
+
+
+def test_no_enosys_stub_when_the_default_lets_syscalls_through_or_is_enosys():
+    for section in ({"defaultAction": "SCMP_ACT_ALLOW"}, {"defaultAction": "SCMP_ACT_LOG"},
+                    {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38}):
+        section = dict(section, syscalls=[{"names": ["mkdir"], "action": "SCMP_ACT_KILL"}])
+        assert _plan(section)["enosys_stub"] is False
+    program, _ = _compile({"defaultAction": "SCMP_ACT_KILL_PROCESS", "syscalls": [
+        {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"}]})
+    assert run_bpf(program, 1000) == ENOSYS_RET
+    assert run_bpf(program, 20) == _action("SCMP_ACT_KILL_PROCESS")
+
+
+def test_rules_dropped_for_matching_the_default_still_count_for_the_last_syscall():
+    section = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["reboot"], "action": "SCMP_ACT_ERRNO"}]}
+    plan = _plan(section)
+    assert plan["other_names"] == ["reboot"]
+    program, _ = _compile(section)
+    assert run_bpf(program, NR["reboot"]) == _action("SCMP_ACT_ERRNO", 1)
+    assert run_bpf(program, NR["reboot"] - 1) == _action("SCMP_ACT_ERRNO", 1)
+    assert run_bpf(program, NR["reboot"] + 1) == ENOSYS_RET
+
+
+def test_enosys_stub_on_s390x_also_answers_the_multiplexer_number():
+    allow_all = struct.pack("=HBBI", 0x06, 0, 0, _action("SCMP_ACT_ALLOW"))
+    program = libseccomp.build_enosys_stub({0x80000016: {"native": 400}}) + allow_all
+    s390x = 0x80000016
+    assert run_bpf(program, 0, arch=s390x) == ENOSYS_RET
+    assert run_bpf(program, 401, arch=s390x) == ENOSYS_RET
+    assert run_bpf(program, 5, arch=s390x) == _action("SCMP_ACT_ALLOW")
+    assert run_bpf(program, 1000, arch=AUDIT_ARCH_X86_64) == _action("SCMP_ACT_ALLOW")

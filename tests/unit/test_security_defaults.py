@@ -88,6 +88,15 @@ def test_hardened_blocks_mount_unshare_keyctl_ptrace_reboot():
 
 
 @needs_x86_64_libseccomp
+def test_hardened_answers_enosys_for_syscalls_newer_than_the_profile():
+    program = _program()
+    # mseal (462) is in the profile; a libseccomp too old to know the name cannot allow it
+    assert run_bpf(program, 462) == (ALLOW if libseccomp.read_syscall_number("mseal") else ENOSYS)
+    assert run_bpf(program, 1000) == ENOSYS
+    assert run_bpf(program, NR["keyctl"]) == EPERM
+
+
+@needs_x86_64_libseccomp
 def test_hardened_clone_may_not_make_namespaces_and_clone3_is_enosys():
     program = _program()
     assert run_bpf(program, NR["clone"], [SIGCHLD_VM_FS]) == ALLOW

@@ -11,6 +11,7 @@ from capsa.runtime.security import tables
 PROC_SUPER_MAGIC = 0x9FA0
 EPERM = 1
 ENOENT = 2
+ENOSYS = 38
 _MAX_U64 = (1 << 64) - 1
 
 # id(plan["seccomp"]) -> (that dict, BPF bytes): filled by prepare_security before fork, read by
@@ -220,6 +221,7 @@ def build_seccomp_plan(section, facts):
         flags |= tables.SECCOMP_FLAGS[name]
         flag_names.append(name)
     rules = []
+    other_names = set()
     notify = False
     for index, call in enumerate(_list(section.get("syscalls"), field + ".syscalls")):
         where = "%s.syscalls[%d]" % (field, index)
@@ -241,6 +243,7 @@ def build_seccomp_plan(section, facts):
                                       "it after loading the filter" % name,
                                       field="%s.names[%d]" % (where, position))
             if action == default:
+                other_names.add(name)
                 continue
             for group in args:
                 rules.append({"name": name, "action": action, "args": group, "field": where})
@@ -260,8 +263,13 @@ def build_seccomp_plan(section, facts):
         kernel_flags |= tables.SECCOMP_FLAG_NEW_LISTENER
         if flags & tables.SECCOMP_FLAGS["SECCOMP_FILTER_FLAG_TSYNC"]:
             kernel_flags |= tables.SECCOMP_FLAG_TSYNC_ESRCH
+    # runc's rule: syscalls newer than the profile answer ENOSYS unless the default already
+    # lets them through (allow, log, trace) or already is ENOSYS
+    stub = section["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE") \
+        and default != tables.SECCOMP_ACTIONS["SCMP_ACT_ERRNO"][0] | ENOSYS
     return {"default": default, "arches": arches, "flag_names": flag_names,
-            "flags": kernel_flags, "rules": rules, "listener": notify,
+            "flags": kernel_flags, "rules": rules, "other_names": sorted(other_names),
+            "enosys_stub": stub, "listener": notify,
             "listener_path": listener_path if notify else "", "metadata": metadata}
 
 
