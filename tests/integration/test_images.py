@@ -195,7 +195,13 @@ def test_pull_push_against_docker_registry(store, layout, tmp_path):
         reg.skopeo_copy("oci:%s:latest" % layout, "bb:v1")
         image = store.pull("docker://%s/bb:v1" % reg.addr, tls_verify=False)
         check_merged_image(store, image, tmp_path)
-        assert store.push(image, "%s/pushed:v2" % reg.addr, tls_verify=False).startswith("sha256:")
+        digest = store.push(image, "%s/pushed:v2" % reg.addr, tls_verify=False)
+        assert digest.startswith("sha256:")
+        assert store.push(image, "%s/bydigest@%s" % (reg.addr, digest), tls_verify=False) == digest
+        run("skopeo", "inspect", "--raw", "--tls-verify=false",
+            "docker://%s/bydigest@%s" % (reg.addr, digest))
+        with pytest.raises(ImageError):
+            store.push(image, "%s/bydigest@sha256:%s" % (reg.addr, "0" * 64), tls_verify=False)
         out = run("skopeo", "inspect", "--tls-verify=false", "docker://%s/pushed:v2" % reg.addr)
         assert len(json.loads(out.stdout)["Layers"]) == 2
         other = ImageStore(str(tmp_path / "other"))

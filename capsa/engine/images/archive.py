@@ -451,7 +451,8 @@ def apply_save(store, refs, path, format):
                             _copy_to(src, plain)
                         add_file(tar, arc, plain)
                         os.unlink(plain)
-                    entries.append({"Config": cfg, "RepoTags": names, "Layers": layer_names})
+                    entries.append({"Config": cfg, "Layers": layer_names,
+                                    "RepoTags": [n for n in names if "@" not in n]})
                 add_bytes(tar, "manifest.json", json.dumps(entries).encode())
         os.replace(tmp, path)
     except BaseException:

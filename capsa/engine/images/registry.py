@@ -270,6 +270,11 @@ def apply_push(store, record, target, tls_verify=True, progress=None):
         comps = [read_compression(store.blob_path(l["digest"])) for l in record["layers"]]
         body = json.dumps(mf.build_oci_manifest(record, comps), sort_keys=True).encode()
         media_type = mf.OCI_MANIFEST
+    manifest_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if target.get("digest") and target["digest"] != manifest_digest:
+        raise ImageError("push destination names digest %s but the image's manifest is %s"
+                         % (target["digest"], manifest_digest), field="destination",
+                         hint="push to a tag, or leave the digest out")
     for digest in [l["digest"] for l in record["layers"]] + [record["config_digest"]]:
         conn, resp = client.request("HEAD", "/v2/%s/blobs/%s" % (repo, digest), ok=(200, 404))
         resp.read()
@@ -293,9 +298,9 @@ def apply_push(store, record, target, tls_verify=True, progress=None):
         conn.close()
         if progress:
             progress(digest, size, size)
-    reference = target.get("tag") or "latest"
+    reference = target.get("tag") or manifest_digest
     conn, resp = client.request("PUT", "/v2/%s/manifests/%s" % (repo, reference),
                                 {"Content-Type": media_type}, body, ok=(201,))
     resp.read()
     conn.close()
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    return manifest_digest
