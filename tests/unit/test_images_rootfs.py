@@ -149,11 +149,28 @@ def test_stale_attachments_of_deleted_containers_are_cleaned(tmp_path, monkeypat
     apply_container_rootfs(store, live, "bb", kernel=kernel)
     apply_container_rootfs(store, dead, "bb", kernel=kernel)
     shutil.rmtree(dead)
-    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints",
-                        lambda: {dead + "/rootfs", live + "/rootfs"})
+    mounted = {dead + "/rootfs", live + "/rootfs"}
+    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints", lambda: set(mounted))
+    kernel.returns["umount2"] = lambda args: mounted.discard(args[0])
     assert apply_clean_stale(store.root, kernel=kernel) == [dead]
     assert kernel.calls_of("umount2") == [(dead + "/rootfs", 0)]
     assert store.users(image) == [live]
     assert len(os.listdir(store.path("attachments"))) == 1
     with open(os.path.join(store.path("attachments"), os.listdir(store.path("attachments"))[0])) as f:
         assert json.load(f)["container_dir"] == live
+
+
+def test_folders_with_a_mount_left_below_are_not_removed(tmp_path, monkeypatch):
+    store = ImageStore(str(tmp_path / "store"))
+    make_image(store, tmp_path)
+    kernel = FakeKernel()
+    container = str(tmp_path / "c")
+    rootfs = apply_container_rootfs(store, container, "bb", kernel=kernel)
+    open(os.path.join(container, "upper", "precious"), "w").close()
+    kernel.failures["umount2"] = 16
+    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints", lambda: {rootfs})
+    with pytest.raises(ImageError) as err:
+        apply_release_rootfs(container, kernel=kernel)
+    assert "could not release" in err.value.line() and "busy" in err.value.line()
+    assert os.path.exists(os.path.join(container, "upper", "precious"))
+    assert os.path.exists(os.path.join(container, "rootfs.json"))

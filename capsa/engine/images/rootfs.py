@@ -235,8 +235,14 @@ def _undo(kernel, step):
             kernel.umount2(step["path"], MNT_DETACH)
     elif what == "folder":
         from capsa.engine.images.store import _remove_tree
-        if os.path.isdir(step["path"]) and step["path"] not in read_mountpoints():
-            _remove_tree(step["path"])
+        path = step["path"]
+        # rmtree descends into mount points: with a disk still mounted below, it would delete
+        # the disk's files
+        busy = [m for m in read_mountpoints() if m == path or m.startswith(path + "/")]
+        if busy:
+            raise ImageError("%s is still mounted; left in place" % busy[0], field="rootfs")
+        if os.path.isdir(path):
+            _remove_tree(path)
     elif what == "user":
         from capsa.engine.images.store import ImageStore
         ImageStore(step["store"]).remove_user(step["image"], step["container_dir"])
@@ -247,6 +253,8 @@ def _release(kernel, record):
     for step in reversed(record.get("steps", [])):
         if step["do"] == "user":
             step = dict(step, container_dir=record["container_dir"])
+        if step["do"] == "folder" and errors:
+            continue        # something is still attached: keep the files it may be using
         try:
             _undo(kernel, step)
         except (CapsaError, OSError) as exc:
