@@ -68,14 +68,19 @@ class CgroupCalls:
         """Load a BPF_PROG_TYPE_CGROUP_DEVICE program (bytes of struct bpf_insn); returns its fd."""
         code = ctypes.create_string_buffer(insns, len(insns))
         lic = ctypes.create_string_buffer(license.encode())
-        log = ctypes.create_string_buffer(65536)
         attr = _ProgLoad(prog_type=BPF_PROG_TYPE_CGROUP_DEVICE, insn_cnt=len(insns) // 8,
                          insns=ctypes.addressof(code), license=ctypes.addressof(lic),
-                         log_level=1, log_size=len(log), log_buf=ctypes.addressof(log),
                          prog_name=b"capsa_devices")
         fd = syscall("bpf", BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
         if fd < 0:
             err = ctypes.get_errno()
+            # Load again with the verifier's log only to explain the refusal: the log costs
+            # time on every successful load.
+            log = ctypes.create_string_buffer(65536)
+            attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+            again = syscall("bpf", BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+            if again >= 0:
+                os.close(again)
             fail("bpf(BPF_PROG_LOAD) device filter: " + log.value.decode(errors="replace")[-300:],
                  err)
         os.set_inheritable(fd, False)

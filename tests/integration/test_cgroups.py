@@ -385,3 +385,24 @@ def test_cpuset_pins_the_child(cgroup):
         os.sched_getaffinity(0) == {cpu})).start(plan).wait()
     assert os.WEXITSTATUS(status) == 51
     assert open(plan["paths"]["cpu"] + "/cpu.shares").read().strip() == "256"
+
+
+def test_a_program_the_verifier_refuses_is_explained():
+    from capsa.errors import KernelError
+    from capsa.runtime.cgroups.devices import ALU64_MOV_K, build_bpf_bytes
+    with pytest.raises(KernelError) as info:
+        KERNEL.bpf_load_device_program(build_bpf_bytes([(ALU64_MOV_K, 0, 0, 0, 1)]))  # no exit
+    assert "BPF_PROG_LOAD" in info.value.message and info.value.errno == errno.EINVAL
+    assert "jump" in info.value.message or "exit" in info.value.message or \
+        "last insn" in info.value.message
+
+
+def test_every_device_program_the_plan_builds_loads(cgroup):
+    from capsa.runtime.cgroups.devices import build_bpf_bytes
+    layout = _unified_only(read_layout())
+    for devices in ([], [{"allow": True}], [{"allow": False, "type": "b", "major": 8}],
+                    [{"allow": True, "type": "c", "major": 1, "access": "m"}] * 40):
+        plan = cgroup({"devices": devices}, layout, create=False)
+        fd = KERNEL.bpf_load_device_program(build_bpf_bytes(
+            [tuple(insn) for insn in plan["devices"]["program"]]))
+        os.close(fd)
