@@ -182,9 +182,10 @@ def _build_label(process, key, lsm, facts):
     if not isinstance(value, str) or "\n" in value or "\0" in value:
         raise ConfigError("must be a one-line string", field="process." + key)
     if lsm not in facts.get("lsms", ()):
+        title = {"apparmor": "AppArmor", "selinux": "SELinux"}[lsm]
         raise ConfigError("%s is not active on this host, so %r cannot be applied" % (
-            lsm if lsm == "selinux" else "AppArmor", value), field="process." + key,
-            hint="remove process.%s, or enable %s on the host" % (key, lsm))
+            title, value), field="process." + key,
+            hint="remove process.%s, or enable %s on the host" % (key, title))
     return value
 
 
