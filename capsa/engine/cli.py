@@ -27,6 +27,8 @@ COMMANDS = {
     "cp": ("capsa.engine.lifecycle", "cmd_cp", "Copy files between a container and the host"),
     "pause": ("capsa.engine.lifecycle", "cmd_pause", "Freeze a container's processes"),
     "unpause": ("capsa.engine.lifecycle", "cmd_unpause", "Thaw a paused container"),
+    "container-cleanup": ("capsa.engine.conmon", "cmd_container_cleanup",
+                          "(internal) conmon's exit command"),
     "volume": ("capsa.engine.volumes", "cmd_volume", "Manage volumes: create|ls|inspect|rm|prune"),
     "start-all": ("capsa.engine.declared", "cmd_start_all",
                   "Start every declared container and supervise them"),

@@ -106,7 +106,11 @@ def apply_start(ctx, record, runtime, foreground, trace=None, print_id=False, qu
     except FileNotFoundError:
         pass
     if not foreground:
-        failure = apply_detached_monitor(store, record, runtime)
+        from capsa.engine.conmon import apply_conmon_start, use_conmon
+        if use_conmon(record, runtime):
+            failure = apply_conmon_start(store, record, runtime, record.get("runtime_arg"))
+        else:
+            failure = apply_detached_monitor(store, record, runtime)
         if failure:
             ctx.stderr.write("capsa: " + failure.get("error", "start failed") + "\n")
             return failure.get("code", 125)
@@ -258,7 +262,7 @@ def apply_stop(ctx, store, record, timeout=None, signal=None):
         except CapsaError:
             pass
         if not _wait_exited(store, record, 10.0):
-            _force_cleanup(store, record, runtime)
+            _force_cleanup(ctx, store, record, runtime)
     return True
 
 
@@ -271,34 +275,41 @@ def _mark_stop(store, id):
 
 
 def _wait_exited(store, record, timeout):
-    """Until the monitor recorded the exit (state.json says exited) and let go of the runtime."""
+    """Until the container's exit is recorded and its supervisor let go of it. False on timeout,
+    or when container and supervisor are both gone and nobody recorded anything (a crash)."""
     deadline = time.monotonic() + timeout
+    orphan_since = None
     while True:
         state = store.state(record["id"])
-        status = store.status(record)
-        if state.get("status") == "removed":
+        status = state.get("status")
+        if status == "removed":
             return True
-        if status == "exited":
-            mon = state.get("monitor_pid")
-            from capsa.engine.store import read_pid_start
-            if state.get("status") == "exited" or not mon or \
-                    read_pid_start(mon) != state.get("monitor_start"):
-                if not mon or read_pid_start(mon) != state.get("monitor_start"):
-                    return True
-                # the monitor is finishing (runtime delete, --rm); give it a moment
-        if time.monotonic() >= deadline:
+        if status == "exited" and not _monitor_alive(state):
+            return True
+        now = time.monotonic()
+        if status in ("running", "paused") and not _monitor_alive(state) and \
+                store.status(record) == "exited":
+            # conmon hands over to `capsa container-cleanup`, which takes a moment
+            orphan_since = orphan_since or now
+            if now - orphan_since > 3.0:
+                return False
+        if now >= deadline:
             return False
         time.sleep(0.02)
 
 
-def _force_cleanup(store, record, runtime):
-    """The monitor is gone (crash, SIGKILL): delete the runtime state ourselves."""
+def _force_cleanup(ctx, store, record, runtime):
+    """The supervisor is gone (crash, SIGKILL): finish its work ourselves."""
+    if store.state(record["id"]).get("monitor") == "conmon":
+        from capsa.engine.conmon import apply_cleanup
+        apply_cleanup(ctx, store, record)
+        return
     try:
         runtime.delete(record["id"], force=True)
     except CapsaError:
         pass
     state = store.state(record["id"])
-    if state.get("status") != "exited":
+    if state.get("status") not in ("exited", "removed"):
         store.set_state(record["id"], status="exited", pid=None,
                         exit_code=state.get("exit_code") if state.get("exit_code") is not None
                         else 137, finished_at=format_time(time.time()))
@@ -370,7 +381,8 @@ def cmd_rm(ctx, argv):
                 raise StateError("cannot remove container " + ref + ": it is " + status,
                                  field="rm", hint="stop it first or use rm -f")
             apply_stop(ctx, store, record, timeout=0)
-        _wait_exited(store, record, 5.0)
+        if not _wait_exited(store, record, 5.0):
+            _force_cleanup(ctx, store, record, _runtime_for(ctx, record))
         try:
             _runtime_for(ctx, record).delete(record["id"], force=True)
         except CapsaError:
@@ -501,6 +513,9 @@ def cmd_wait(ctx, argv):
             if status not in ("running", "paused", "restarting") and not busy:
                 break
             time.sleep(0.05)
+        if not _wait_exited(store, record, 10.0):
+            _force_cleanup(ctx, store, record, _runtime_for(ctx, record))
+        state = store.state(record["id"])
         code = state.get("exit_code")
         ctx.stdout.write(str(code if code is not None else 0) + "\n")
 

@@ -141,3 +141,22 @@ def test_group_commands_resolve():
     assert cli.build_command(["container", "ls"])[:3] == ("capsa.engine.lifecycle", "cmd_ps", "ps")
     assert cli.build_command(["image", "inspect", "x"])[1] == "cmd_image_inspect"
     assert cli.build_command(["volume", "ls"])[1] == "cmd_volume"
+
+
+def test_conmon_command_line(tmp_path, monkeypatch):
+    from capsa.engine import conmon
+    from capsa.engine.runtimes import OciCliRuntime
+    store = ContainerStore(str(tmp_path))
+    record = {"id": "c" * 64, "name": "web", "tty": True, "interactive": False}
+    runtime = OciCliRuntime("/usr/sbin/runc", str(tmp_path / "rt"))
+    argv = conmon.build_conmon_argv("/usr/bin/conmon", store, record, runtime, "runc")
+    pairs = dict(zip(argv[1::1], argv[2::1]))
+    assert pairs["-r"] == "/usr/sbin/runc" and pairs["-n"] == "web"
+    assert pairs["-l"] == "k8s-file:" + store.path("c" * 64, "ctr.log")
+    assert "-t" in argv and "-i" not in argv
+    exit_args = [argv[i + 1] for i, a in enumerate(argv) if a == "--exit-command-arg"]
+    assert exit_args[-2:] == ["container-cleanup", "c" * 64]
+    assert exit_args[exit_args.index("--root") + 1] == str(tmp_path)
+    assert argv.count("--exit-command") == 1
+    monkeypatch.setenv("CAPSA_MONITOR", "python")
+    assert not conmon.use_conmon(record, runtime)

@@ -1,0 +1,73 @@
+#!/bin/bash
+# capsa engine vs podman, side by side on the same busybox image, runc underneath, no network:
+#   1. `run --rm busybox true` wall time (hyperfine, warmup 3) and the median ratio capsa/podman
+#   2. the host memory an idle detached container costs: PSS of capsa's monitor vs conmon
+# Everything lives in a private temp folder (podman gets an isolated store, as in
+# /work/shared/notes/clients.md). Usage: bash bench/engine.sh [RUNS]   (needs root)
+set -euo pipefail
+RUNS=${1:-20}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+T=$(mktemp -d /tmp/capsa-bench-engine.XXXXXX)
+trap 'cleanup' EXIT
+cleanup() {
+    set +e
+    [ -n "${PODMAN_IDLE:-}" ] && podman rm -f "$PODMAN_IDLE" >/dev/null 2>&1
+    [ -n "${CAPSA_IDLE:-}" ] && $CAPSA rm -f "$CAPSA_IDLE" >/dev/null 2>&1
+    rm -rf "$T"
+}
+CAPSA="python3 -I -S $REPO/bench/engine_capsa.py --root $T/capsa"
+export CAPSA_BENCH_REPO=$REPO
+
+# --- podman, isolated ----------------------------------------------------------------------
+mkdir -p "$T/podman/vartmp"
+cat > "$T/podman/containers.conf" <<EOF
+[containers]
+log_driver = "k8s-file"
+default_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]
+[network]
+network_backend = "netavark"
+network_config_dir = "$T/podman/networks"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$T/podman/events.log"
+tmp_dir = "$T/podman/libpod-tmp"
+runtime = "runc"
+[engine.runtimes]
+runc = ["/usr/sbin/runc"]
+EOF
+cat > "$T/podman/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$T/podman/storage"
+runroot = "$T/podman/runroot"
+EOF
+export CONTAINERS_CONF=$T/podman/containers.conf CONTAINERS_STORAGE_CONF=$T/podman/storage.conf
+export TMPDIR=$T/podman/vartmp
+python3 -c "import sys; sys.path.insert(0, '$REPO'); from capsa.busybox import build_busybox_tar; build_busybox_tar('$T/busybox.tar')"
+podman import -q --change 'CMD ["sh"]' "$T/busybox.tar" localhost/busybox:latest >/dev/null
+
+# --- capsa: the embedded image is imported on first use ------------------------------------
+$CAPSA run --rm busybox true
+
+echo "== run --rm busybox true ($RUNS runs, warmup 3)"
+hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$T/run.json" \
+    -n capsa "$CAPSA run --rm busybox true" \
+    -n podman "podman run --rm --network none localhost/busybox true"
+python3 - "$T/run.json" <<'EOF'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+c, p = r["capsa"]["median"], r["podman"]["median"]
+print("median capsa %.1f ms, podman %.1f ms, ratio capsa/podman %.2f" % (c * 1e3, p * 1e3, c / p))
+EOF
+
+echo "== idle detached container: host memory of its supervisor"
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+CAPSA_IDLE=$($CAPSA run -d busybox sleep 1000)
+sleep 1
+MON=$(python3 -c "import json; print(json.load(open('$T/capsa/containers/$CAPSA_IDLE/state.json'))['monitor_pid'])")
+PODMAN_IDLE=$(podman run -d --network none localhost/busybox sleep 1000)
+sleep 1
+CONMON=$(pgrep -f "conmon.*$PODMAN_IDLE" | head -1)
+echo "capsa monitor pid $MON: PSS $(pss "$MON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$MON/status) kB"
+echo "podman conmon pid $CONMON: PSS $(pss "$CONMON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$CONMON/status) kB"
