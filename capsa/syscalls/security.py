@@ -1,4 +1,4 @@
-"""Security calls of the kernel seam: capabilities, securebits, no_new_privs, loading a seccomp
+"""Security calls of the kernel seam: capabilities, keep-caps (the securebit the uid switch needs), no_new_privs, loading a seccomp
 program. LSM labels are plain procfs writes (FsCalls.write_file through a verified dirfd).
 
 Mirrored by capsa.syscalls.fake; imports only ctypes, libc and errors (libseccomp is loaded
@@ -10,10 +10,7 @@ from capsa.syscalls.libc import check, libc, syscall
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 PR_SET_KEEPCAPS = 8
-PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
-PR_GET_SECUREBITS = 27
-PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -62,9 +59,6 @@ class SecurityCalls:
               "capset(effective %#x, permitted %#x, inheritable %#x)" % (
                   effective, permitted, inheritable))
 
-    def cap_bound_read(self, cap):
-        return _prctl("prctl(PR_CAPBSET_READ, %d)" % cap, PR_CAPBSET_READ, cap) == 1
-
     def cap_bound_drop(self, cap):
         _prctl("prctl(PR_CAPBSET_DROP, %d)" % cap, PR_CAPBSET_DROP, cap)
 
@@ -76,12 +70,6 @@ class SecurityCalls:
 
     def set_keepcaps(self, keep):
         _prctl("prctl(PR_SET_KEEPCAPS, %d)" % keep, PR_SET_KEEPCAPS, 1 if keep else 0)
-
-    def get_securebits(self):
-        return _prctl("prctl(PR_GET_SECUREBITS)", PR_GET_SECUREBITS)
-
-    def set_securebits(self, bits):
-        _prctl("prctl(PR_SET_SECUREBITS, %#x)" % bits, PR_SET_SECUREBITS, bits)
 
     def set_no_new_privs(self):
         _prctl("prctl(PR_SET_NO_NEW_PRIVS)", PR_SET_NO_NEW_PRIVS, 1)
