@@ -1,5 +1,6 @@
-"""Security calls of the kernel seam: capabilities, keep-caps (the securebit the uid switch needs), no_new_privs, loading a seccomp
-program. LSM labels are plain procfs writes (FsCalls.write_file through a verified dirfd).
+"""Security calls of the kernel seam: capabilities, keep-caps (the securebit the uid switch
+needs), no_new_privs, loading a seccomp program. LSM labels are plain procfs writes
+(FsCalls.write_file through a verified dirfd).
 
 Mirrored by capsa.syscalls.fake; imports only ctypes, libc and errors (libseccomp is loaded
 lazily by capsa.syscalls.seccomp on the host side, never here: the init only loads finished BPF).
