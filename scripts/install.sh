@@ -16,7 +16,7 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root: it installs Debian packages and writes $BIN_DIR"
-command -v python3 >/dev/null || die "no python3 on PATH (the project uses pyenv's Python 3.11)"
+. "$REPO/scripts/python-env.sh"
 
 # 1. Debian packages: only those not installed yet, so a second run needs no network.
 export DEBIAN_FRONTEND=noninteractive
