@@ -216,3 +216,34 @@ def test_bad_input_leaves_nothing(eng, rootfs, tmp_path):
 def test_default_busybox_image_offline(eng):
     proc = eng.run("run", "--rm", "busybox", "echo", "hello", check=0)
     assert proc.stdout == "hello\n"
+
+
+def test_bridge_network_and_published_port(eng, rootfs, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("served by capsa\n")
+    port = 18000 + os.getpid() % 1000
+    eng.out("run", "-d", "--name", "web", "--network", "bridge", "-p", "%d:80" % port,
+            "-v", "%s:/www:ro" % www, "--rootfs", rootfs, "httpd", "-f", "-p", "80", "-h", "/www")
+    assert eng.out("port", "web").strip().endswith(":%d" % port)
+    import urllib.request
+
+    def fetch():
+        try:
+            return urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=2).read()
+        except OSError:
+            return None
+    assert eng.wait_for(fetch, what="published port") == b"served by capsa\n"
+    out = run_in(eng, rootfs, "--network", "bridge", "ip", "route").stdout
+    assert out.startswith("default via ")
+    eng.out("rm", "-f", "web")
+    assert fetch() is None
+
+
+def test_rootfs_tarball(eng, rootfs, tmp_path):
+    import tarfile
+    tar = tmp_path / "rootfs.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(rootfs, arcname=".")
+    assert run_in(eng, str(tar), "cat", "/etc/hostname").stdout.strip()
+    assert eng.out("ps", "-aq") == ""
