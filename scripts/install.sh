@@ -44,7 +44,8 @@ for name in capsa-runtime capsa; do
     fi
     if grep -q "capsa" "$scripts_dir/$name"; then rm -f "$scripts_dir/$name"; fi
 done
-if command -v pyenv >/dev/null; then pyenv rehash; fi
+pyenv_bin=$(command -v pyenv || echo "${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv")
+if [ -x "$pyenv_bin" ]; then "$pyenv_bin" rehash; fi
 
 # 3. Launchers: written whole to a temporary name, then renamed (never a half-written script).
 [ -x "$LAUNCH_PYTHON" ] || die "no $LAUNCH_PYTHON: apt-get install python3"
