@@ -396,6 +396,8 @@ def prepare_security(plan, cache_dir=None):
             _write_cache(cache_dir, key, program, skipped)
     else:
         program, skipped = cached
+    if len(_PROGRAMS) >= 16:
+        _PROGRAMS.clear()  # a long-lived caller (the engine in-process) must not pile them up
     _PROGRAMS[id(seccomp)] = (seccomp, program)
     return skipped
 
