@@ -106,6 +106,8 @@ def test_lsm_labels_need_the_lsm_active_on_the_host():
     assert plan["apparmor"] == "docker-default"
     assert plan["selinux"] == "system_u:system_r:container_t:s0"
     assert _plan({"apparmorProfile": ""})["apparmor"] is None
+    assert _plan({"apparmorProfile": "unconfined"})["apparmor"] is None
+    assert _plan({"apparmorProfile": "unconfined"}, facts=facts)["apparmor"] == "unconfined"
 
 
 def test_read_security_facts_reads_this_kernel():
