@@ -17,12 +17,15 @@ sys.path.insert(0, REPO)
 
 from tests.bundles import delete_all, make_bundle, run_runtime  # noqa: E402
 
-# scenario name: shell command template; {rt} runtime argv, {root} its --root, {bundle}
+# (scenario, shell command template, container to start first or None); the template gets
+# {rt} runtime argv, {root} its --root, {bundle} the /bin/true bundle
 SCENARIOS = (
-    ("run", "{rt} --root {root} run --bundle {bundle} bench-run"),
+    ("run", "{rt} --root {root} run --bundle {bundle} bench-run", None),
     ("create+start+delete", "{rt} --root {root} create --bundle {bundle} bench-life"
                             " && {rt} --root {root} start bench-life"
-                            " && {rt} --root {root} delete --force bench-life"),
+                            " && {rt} --root {root} delete --force bench-life", None),
+    # the hot path alone: state of a running container is start-up plus one state read
+    ("state (running)", "{rt} --root {root} state bench-state", "bench-state"),
 )
 
 
@@ -54,8 +57,9 @@ def check_runtime(name, binary, bundle, root):
     return None
 
 
-def run_hyperfine(scenario, template, runtimes, bundle, tmp, opts):
-    out = os.path.join(opts["out"], "runtime-%s.json" % scenario.replace("+", "-"))
+def run_hyperfine(scenario, template, prepare, runtimes, bundle, tmp, opts):
+    slug = "".join(c if c.isalnum() else "-" for c in scenario).strip("-")
+    out = os.path.join(opts["out"], "runtime-%s.json" % slug.replace("--", "-"))
     argv = ["hyperfine", "--warmup", "3", "--export-json", out]
     if opts["runs"]:
         argv += ["--runs", str(opts["runs"])]
@@ -65,6 +69,16 @@ def run_hyperfine(scenario, template, runtimes, bundle, tmp, opts):
         root = os.path.join(tmp, "root-" + name)
         argv += ["-n", name, template.format(rt=binary, root=root, bundle=bundle)]
     try:
+        if prepare:
+            sleeper = os.path.join(tmp, "sleeper")
+            if not os.path.isdir(sleeper):
+                make_bundle(tmp, ["sleep", "3600"], name="sleeper")
+            for name, binary in runtimes:
+                started = run_runtime(binary, "run", "--detach", "--bundle", sleeper, prepare,
+                                      root=os.path.join(tmp, "root-" + name))
+                if started.returncode != 0:
+                    raise SystemExit("bench/runtime.py: %s run --detach failed: %s"
+                                     % (name, started.stderr.strip()[-300:]))
         subprocess.run(argv, check=True)
     finally:
         for name, binary in runtimes:
@@ -101,8 +115,9 @@ def main(argv=None):
         if why:
             raise SystemExit("bench/runtime.py: " + why)
         rows = []
-        for scenario, template in SCENARIOS:
-            medians, path = run_hyperfine(scenario, template, runtimes, bundle, tmp, opts)
+        for scenario, template, prepare in SCENARIOS:
+            medians, path = run_hyperfine(scenario, template, prepare, runtimes, bundle, tmp,
+                                          opts)
             rows.append((scenario, medians, path))
         print()
         print("%-22s %12s %16s %14s" % ("scenario", "runc (ms)", "capsa (ms)", "capsa/runc"))
