@@ -44,7 +44,8 @@ PROPAGATION_OPTIONS = {
 }
 
 # Words with a meaning of their own: bind kinds, runc's extensions, and no-ops runc accepts.
-SPECIAL_OPTIONS = frozenset(("bind", "rbind", "tmpcopyup", "defaults", "silent", "loud"))
+SPECIAL_OPTIONS = frozenset(("bind", "rbind", "tmpcopyup", "idmap", "ridmap", "defaults", "silent",
+                             "loud"))
 
 # Words engines leave in config.json for themselves (SELinux relabel, volume copy, chown).
 ENGINE_OPTIONS = frozenset(("z", "Z", "U", "copy", "nocopy", "notmpcopyup"))
@@ -104,7 +105,7 @@ def build_mount_options(options, is_bind, field):
     if not isinstance(options, list):
         raise ConfigError("must be a list of option strings", field=field)
     out = {"attrs": [0, 0], "rattrs": [0, 0], "propagation": [], "data": [],
-           "recursive": False, "tmpcopyup": False}
+           "recursive": False, "tmpcopyup": False, "idmap": None}
     for index, word in enumerate(options):
         if not isinstance(word, str) or not word:
             raise ConfigError("option %d must be a non-empty string" % index, field=field)
@@ -118,11 +119,10 @@ def build_mount_options(options, is_bind, field):
             out["recursive"] = True
         elif word == "tmpcopyup":
             out["tmpcopyup"] = True
+        elif word in ("idmap", "ridmap"):
+            out["idmap"] = word
         elif word in SPECIAL_OPTIONS or word in ENGINE_OPTIONS:
             continue
-        elif word in ("idmap", "ridmap"):
-            raise ConfigError("idmapped mounts (%r) are not supported yet" % word, field=field,
-                              hint="remove the option, or chown the source for the container")
         elif is_bind and word in SUPERBLOCK_OPTIONS:
             raise ConfigError("%r is a filesystem option and has no effect on a bind mount" % word,
                               field=field, hint="remove it, or set it on the source mount")
@@ -168,10 +168,14 @@ def build_mount(mount, index, bundle_dir):
     opts = build_mount_options(options, bind, field + ".options")
     step = {"field": field, "dest": dest, "attrs": opts["attrs"], "rattrs": opts["rattrs"],
             "propagation": opts["propagation"]}
-    if uid_or_gid_mappings(mount):
-        raise ConfigError("idmapped mounts are not supported yet", field=field + ".uidMappings",
-                          hint="remove uidMappings/gidMappings from the mount")
+    has_maps = bool(mount.get("uidMappings") or mount.get("gidMappings"))
+    if (opts["idmap"] or has_maps) and not bind:
+        raise ConfigError("idmapped mounts work only on bind mounts", field=field + ".options",
+                          hint='add "bind" or "rbind", or drop idmap and the mappings')
     if bind:
+        step["idmap"] = None
+        if opts["idmap"] or has_maps:
+            step["idmap"] = {"mount": mount, "recursive": opts["idmap"] == "ridmap"}
         if not source:
             raise ConfigError("a bind mount needs a source", field=field + ".source")
         if opts["tmpcopyup"]:
@@ -189,8 +193,43 @@ def build_mount(mount, index, bundle_dir):
     return step
 
 
-def uid_or_gid_mappings(mount):
-    return bool(mount.get("uidMappings") or mount.get("gidMappings"))
+def _id_ranges(value, field):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError("must be a list of {containerID, hostID, size}", field=field)
+    ranges = []
+    for index, item in enumerate(value):
+        where = "%s[%d]" % (field, index)
+        if not isinstance(item, dict):
+            raise ConfigError("must be an object {containerID, hostID, size}", field=where)
+        numbers = []
+        for key in ("containerID", "hostID", "size"):
+            number = item.get(key)
+            if not isinstance(number, int) or isinstance(number, bool) or not \
+                    0 <= number <= 0xFFFFFFFF or (key == "size" and number == 0):
+                raise ConfigError("must be an integer from %d to 4294967295" % (key == "size"),
+                                  field=where + "." + key)
+            numbers.append(number)
+        ranges.append(numbers)
+    return ranges
+
+
+def build_idmap(step, linux, userns):
+    """The uid_map/gid_map texts of an idmapped bind ("containerID hostID size" lines, host ids
+    as given); no mappings on the mount: the container's own."""
+    mount = step["idmap"]["mount"]
+    maps = {}
+    for kind, key in (("uid", "uidMappings"), ("gid", "gidMappings")):
+        field = "%s.%s" % (step["field"], key)
+        ranges = _id_ranges(mount.get(key), field)
+        if not ranges and userns:
+            ranges = _id_ranges(linux.get(key), "linux." + key)
+        if not ranges:
+            raise ConfigError("idmap without mappings needs the container's user namespace",
+                              field=field, hint="give uidMappings and gidMappings on the mount")
+        maps[kind] = "".join("%d %d %d\n" % tuple(r) for r in ranges)
+    return {"uid_map": maps["uid"], "gid_map": maps["gid"], "recursive": step["idmap"]["recursive"]}
 
 
 def build_cgroup_steps(step, facts, has_cgroupns):
@@ -328,6 +367,8 @@ def build_rootfs_plan(spec, bundle_dir, facts):
     setup_dev = True
     for index, mount in enumerate(mounts):
         step = build_mount(mount, index, bundle_dir)
+        if step.get("idmap"):
+            step["idmap"] = build_idmap(step, linux, facts.get("userns"))
         if step["dest"] == "/dev" and step["op"] == "bind":
             setup_dev = False  # runc's rule: a bind-mounted /dev is the user's, left untouched
         if step["op"] == "fs" and step["fstype"] == "cgroup":

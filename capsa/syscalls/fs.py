@@ -226,6 +226,53 @@ class FsCalls:
     def fchownat(self, dirfd, name, uid, gid):
         _os("chown %s" % name, lambda: os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False))
 
+    def make_userns(self, uid_map, gid_map):
+        """An fd of a new user namespace with these maps ("inside outside count" lines), for
+        MOUNT_ATTR_IDMAP. A forked child unshares it and its /proc dir reaches the parent through
+        pidfd_getfd: /proc/<pid> may belong to another pid namespace than fork's pid."""
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            answer = b"-"
+            try:
+                os.close(ready_r)
+                os.close(done_w)
+                proc_fd = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                if syscall("unshare", ctypes.c_int(0x10000000)) == 0:
+                    answer = str(proc_fd).encode()
+                os.write(ready_w, answer)
+                os.read(done_r, 1)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(done_r)
+        pidfd = -1
+        try:
+            pidfd = check(syscall("pidfd_open", pid, 0), "pidfd_open %d" % pid)
+            answer = os.read(ready_r, 32)
+            if not answer.isdigit():
+                fail("unshare(CLONE_NEWUSER) for an idmapped mount", 1)
+            proc_fd = check(syscall("pidfd_getfd", pidfd, int(answer), 0), "pidfd_getfd")
+            try:
+                for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+                    fd = _os("open %s" % name, lambda: os.open(name, os.O_WRONLY | os.O_CLOEXEC,
+                                                                 dir_fd=proc_fd))
+                    try:
+                        _os("write %s %r" % (name, text), os.write, fd, text.encode())
+                    finally:
+                        os.close(fd)
+                return _os("open ns/user", lambda: os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC,
+                                                           dir_fd=proc_fd))
+            finally:
+                os.close(proc_fd)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            os.close(done_w)
+            os.close(ready_r)
+            os.waitpid(pid, 0)
+
     def copy_tree(self, src_dirfd, dst_dirfd):
         """Copy a directory's contents (files, dirs, symlinks, nodes; modes and owners) between
         two directory fds without following any symlink: tmpcopyup of a hostile image folder."""

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from capsa.errors import CapsaError
-from capsa.runtime.apply.rootfs import apply_mounts, apply_pivot
+from capsa.runtime.apply.rootfs import apply_idmapped_sources, apply_mounts, apply_pivot
 from capsa.runtime.mounts import build_rootfs_plan
 from capsa.runtime.specgen import build_default_spec
 from capsa.syscalls.kernel import Kernel
@@ -81,26 +81,35 @@ def host_facts(**extra):
     return facts
 
 
-def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, before_pivot=None):
-    """(exit status, combined output) of `sh -c script` inside the container."""
+def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, before_pivot=None,
+                     id_map="0 0 1\n"):
+    """(exit status, combined output) of `sh -c script` inside the container; with
+    CLONE_NEWUSER the test process writes `id_map` as the child's uid and gid maps."""
     facts = facts or host_facts()
     plan = json.loads(json.dumps(build_rootfs_plan(spec, str(bundle_dir), facts)))
     read_end, write_end = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    unshared_r, unshared_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns
         status = 120
         try:
             os.close(read_end)
+            os.close(unshared_r)
+            os.close(mapped_w)
             os.dup2(write_end, 1)
             os.dup2(write_end, 2)
             kernel = Kernel()
-            kernel.unshare(flags)
+            prepared = apply_idmapped_sources(kernel, plan) if flags & CLONE_NEWUSER else None
             if flags & CLONE_NEWUSER:
-                _map_root(kernel)
+                kernel.unshare(CLONE_NEWUSER)
+                os.write(unshared_w, b"u")
+                os.read(mapped_r, 1)
+            kernel.unshare(flags & ~CLONE_NEWUSER)
             if flags & CLONE_NEWPID and os.fork():
                 status = os.waitstatus_to_exitcode(os.wait()[1])
                 os._exit(status)
-            apply_mounts(kernel, plan)
+            apply_mounts(kernel, plan, prepared)
             if before_pivot:
                 before_pivot(kernel, plan)
             apply_pivot(kernel, plan)
@@ -111,6 +120,14 @@ def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, be
         except BaseException as err:
             os.write(2, ("SETUP-BUG: %r\n" % (err,)).encode())
         os._exit(status)
+    os.close(unshared_w)
+    os.close(mapped_r)
+    if flags & CLONE_NEWUSER and os.read(unshared_r, 1) == b"u":
+        for name in ("uid_map", "gid_map"):
+            with open("/proc/%d/%s" % (pid, name), "w") as handle:
+                handle.write(id_map)
+    os.close(unshared_r)
+    os.close(mapped_w)
     os.close(write_end)
     chunks = []
     while True:
@@ -121,12 +138,6 @@ def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, be
     os.close(read_end)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
-
-
-def _map_root(kernel):
-    kernel.write_file("/proc/self/setgroups", "deny")
-    kernel.write_file("/proc/self/uid_map", "0 0 1")
-    kernel.write_file("/proc/self/gid_map", "0 0 1")
 
 
 def mount_line(output, target):
@@ -342,3 +353,38 @@ def test_lxcfs_style_file_over_proc_allowed(bundle, tmp_path):
     code, out = run_in_container(bundle, spec, "cat /proc/uptime")
     assert code == 0, out
     assert out == "1.00 2.00\n"
+
+
+def test_idmapped_bind_shows_host_ids_shifted(bundle, tmp_path):
+    source = tmp_path / "owned"
+    source.mkdir()
+    (source / "file").write_text("x")
+    os.chown(source / "file", 5, 6)
+    spec = make_spec(mounts=default_mounts() + [
+        {"destination": "/data", "type": "bind", "source": str(source), "options": ["bind", "idmap"],
+         "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 100}],
+         "gidMappings": [{"containerID": 0, "hostID": 2000, "size": 100}]}])
+    code, out = run_in_container(bundle, spec, "stat -c %u:%g /data/file")
+    assert code == 0, out
+    assert out == "1005:2006\n"
+
+
+def test_idmap_with_a_user_namespace_uses_trees_prepared_on_the_host(bundle, tmp_path):
+    source = tmp_path / "owned"
+    source.mkdir()
+    (source / "file").write_text("x")
+    os.chown(source / "file", 5, 6)
+    os.mkdir(bundle / "rootfs" / "data")
+    spec = make_spec(rootless=True)
+    spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "cgroup"]
+    spec["mounts"].append(
+        {"destination": "/data", "type": "bind", "source": str(source), "options": ["bind", "idmap"],
+         "uidMappings": [{"containerID": 0, "hostID": 100005, "size": 10}],
+         "gidMappings": [{"containerID": 0, "hostID": 100005, "size": 10}]})
+    # The container: 0 is host 0, 1.. is host 100000..
+    code, out = run_in_container(bundle, spec, "stat -c %u:%g /data/file",
+                                 facts=host_facts(userns=True), id_map="0 0 1\n1 100000 65535\n",
+                                 flags=CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC)
+    assert code == 0, out
+    # disk 5 -> host 100010 -> container 11; disk 6 -> host 100011 -> container 12
+    assert out == "11:12\n"

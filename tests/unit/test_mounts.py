@@ -36,7 +36,7 @@ def test_features_come_from_the_tables():
     for word in ("ro", "rw", "rro", "rrw", "bind", "rbind", "rprivate", "unbindable", "tmpcopyup",
                  "nosymfollow", "rnosymfollow", "strictatime", "rnoatime", "sync", "dirsync"):
         assert word in words
-    assert "idmap" not in words and "ridmap" not in words
+    assert "idmap" in words and "ridmap" in words
     for word in words:  # everything advertised is accepted by the parser
         build_mount_options([word], word not in mounts.SUPERBLOCK_OPTIONS, "mounts[0].options")
 
@@ -112,7 +112,12 @@ def test_proc_and_sysfs_need_real_directories():
     ({"destination": "/x", "type": "bind", "source": "/s", "options": ["sync"]},
      "mounts[0].options", "filesystem option"),
     ({"destination": "/x", "type": "bind", "source": "/s", "options": ["idmap"]},
-     "mounts[0].options", "idmap"),
+     "mounts[0].uidMappings", "needs the container's user namespace"),
+    ({"destination": "/x", "type": "tmpfs", "options": ["idmap"]}, "mounts[0].options",
+     "only on bind mounts"),
+    ({"destination": "/x", "type": "bind", "source": "/s", "options": ["bind"],
+      "uidMappings": [{"containerID": 0, "hostID": 1, "size": 0}]},
+     "mounts[0].uidMappings[0].size", "from 1"),
     ({"destination": "/x", "type": "tmpfs", "options": "ro"}, "mounts[0].options", "list"),
     ({"destination": "/x", "type": "tmpfs", "options": [""]}, "mounts[0].options", "non-empty"),
     ("tmpfs", "mounts[0]", "object"),
@@ -230,3 +235,26 @@ def test_lxcfs_files_may_cover_proc_entries():
     (step,) = steps_of(plan_of([{"destination": "/proc/meminfo", "source": "/var/lib/lxcfs/proc/meminfo",
                                  "options": ["bind"]}]), "bind")
     assert step["dest"] == "/proc/meminfo"
+
+
+IDMAPPED = {"destination": "/data", "type": "bind", "source": "/vol", "options": ["rbind", "ridmap"],
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 1000}],
+            "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 10}]}
+
+
+def test_idmap_without_a_container_user_namespace_keeps_host_ids():
+    (step,) = steps_of(plan_of([IDMAPPED]), "bind")
+    assert step["idmap"] == {"uid_map": "0 100000 1000\n", "gid_map": "0 200000 10\n",
+                             "recursive": True}
+
+
+def test_idmap_without_mappings_uses_the_container_user_namespace():
+    linux = {"uidMappings": [{"containerID": 0, "hostID": 99000, "size": 65536}],
+             "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}
+    mount = dict(IDMAPPED, options=["bind", "idmap"])
+    del mount["uidMappings"], mount["gidMappings"]
+    (step,) = steps_of(plan_of([mount], facts={"userns": True}, **linux), "bind")
+    assert step["idmap"] == {"uid_map": "0 99000 65536\n", "gid_map": "0 200000 65536\n",
+                             "recursive": False}
+    (step,) = steps_of(plan_of([IDMAPPED], facts={"userns": True}, **linux), "bind")
+    assert step["idmap"]["uid_map"] == "0 100000 1000\n"

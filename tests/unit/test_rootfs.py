@@ -447,3 +447,51 @@ def test_shared_root_propagation_is_applied_after_pivot_only():
     rootfs.apply_pivot(kernel, plan)
     assert kernel.calls_of("mount")[-1] == (None, "/", None, fs.MS_SHARED | fs.MS_REC)
     assert kernel.names().index("pivot_root") < len(kernel.names()) - 1
+
+
+def test_idmapped_bind_gets_its_user_namespace_before_it_is_attached():
+    kernel = kernel_with()
+    kernel.returns["make_userns"] = 77
+    plan = make_plan([{"destination": "/data", "type": "bind", "source": "/vol",
+                       "options": ["rbind", "ridmap"],
+                       "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                       "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}])
+    plan["steps"] = plan["steps"][:1]
+    rootfs.apply_mounts(kernel, plan)
+    assert kernel.calls_of("make_userns") == [("0 1000 1\n", "0 1000 1\n")]
+    (idmap,) = kernel.calls_of("mount_setattr")
+    assert idmap[2:] == (fs.AT_EMPTY_PATH | fs.AT_RECURSIVE, fs.MOUNT_ATTR_IDMAP, 0, 0, 77)
+    assert kernel.names().index("mount_setattr") < kernel.names().index("move_mount")
+    assert (77,) in kernel.calls_of("close")
+
+
+def test_idmapped_sources_prepared_on_the_host_are_used_and_closed():
+    plan = make_plan([{"destination": "/data", "type": "bind", "source": "/vol",
+                       "options": ["bind", "idmap"],
+                       "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                       "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]},
+                      {"destination": "/plain", "type": "bind", "source": "/p", "options": ["bind"]}])
+    plan["steps"] = plan["steps"][:2]
+    host = kernel_with()
+    host.returns["make_userns"] = 77
+    prepared = rootfs.apply_idmapped_sources(host, plan)
+    assert list(prepared) == [0] and host.calls_of("open_tree")[0][1] == "/vol"
+    init = kernel_with()
+    rootfs.apply_mounts(init, plan, prepared)
+    assert [c[1] for c in init.calls_of("open_tree")] == ["/p"]  # /vol came prepared
+    assert "make_userns" not in init.names()
+    moved = [c[0] for c in init.calls_of("move_mount")]
+    assert moved[0] == prepared[0] and (prepared[0],) in init.calls_of("close")
+
+
+def test_idmap_refused_in_a_user_namespace_says_what_to_do():
+    kernel = kernel_with()
+    kernel.returns["make_userns"] = 77
+    kernel.failures["mount_setattr"] = errno.EPERM
+    plan = make_plan([{"destination": "/data", "type": "bind", "source": "/vol",
+                       "options": ["bind"], "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
+                       "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}])
+    with pytest.raises(ContainerError) as info:
+        rootfs.apply_mounts(kernel, plan)
+    assert info.value.field == "mounts[0].options" and "apply_idmapped_sources" in info.value.line()
+    assert open_fds(kernel) == []

@@ -14,8 +14,8 @@ from capsa.runtime.apply.paths import is_dir_fd, make_in_root, open_in_root, spl
 from capsa.runtime.mounts import PROC_MOUNTS_ALLOWED
 from capsa.syscalls.fs import (
     AT_EMPTY_PATH, AT_FDCWD, AT_RECURSIVE, FSCONFIG_CMD_CREATE, FSCONFIG_SET_FLAG,
-    FSCONFIG_SET_STRING, MNT_DETACH, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
-    MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH, MS_BIND, MS_MOVE,
+    FSCONFIG_SET_STRING, MNT_DETACH, MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH, MS_BIND, MS_MOVE,
     MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
     PROC_SUPER_MAGIC)
 
@@ -28,8 +28,18 @@ def _fail(step, err, what):
                          field=step.get("field"))
 
 
-def apply_mounts(kernel, plan):
-    """Step 1 in init: propagation of /, the rootfs bound onto itself, every mount, /dev."""
+def apply_mounts(kernel, plan, prepared=None):
+    """Step 1 in init: propagation of /, the rootfs bound onto itself, every mount, /dev.
+    `prepared`: what apply_idmapped_sources returned, when the container has a user namespace."""
+    prepared = dict(prepared or {})
+    try:
+        _apply_mounts(kernel, plan, prepared)
+    finally:
+        for fd in prepared.values():
+            kernel.close(fd)
+
+
+def _apply_mounts(kernel, plan, prepared):
     propagation, recursive = plan["propagation"]
     kernel.mount(None, "/", None, propagation | (MS_REC if recursive else 0))
     rootfs = plan["rootfs"]
@@ -43,9 +53,12 @@ def apply_mounts(kernel, plan):
     try:
         old_umask = kernel.umask(0)
         try:
-            for step in plan["steps"]:
+            for index, step in enumerate(plan["steps"]):
                 try:
-                    _STEPS[step["op"]](kernel, root_fd, step)
+                    if index in prepared:
+                        _step_bind(kernel, root_fd, step, prepared.pop(index))
+                    else:
+                        _STEPS[step["op"]](kernel, root_fd, step)
                 except KernelError as err:
                     _fail(step, err, step["op"])
         finally:
@@ -120,19 +133,61 @@ def _check_strict(kernel, root_fd, step):
     kernel.close(fd)
 
 
-def _step_bind(kernel, root_fd, step):
+def _open_source(kernel, step):
+    """The source of a bind as a detached tree (idmapped if asked); the caller closes it."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if step["recursive"] else 0)
     try:
         tree = kernel.open_tree(AT_FDCWD, step["source"], flags)
     except KernelError as err:
         raise ContainerError("cannot bind %s: %s" % (step["source"], err.message),
                              field=step["field"] + ".source", hint="create the source first")
+    if step.get("idmap"):
+        try:
+            _set_idmap(kernel, tree, step["idmap"])
+        except KernelError as err:
+            kernel.close(tree)
+            raise ContainerError("cannot idmap %s: %s" % (step["source"], err.message),
+                                 field=step["field"] + ".options",
+                                 hint="inside a user namespace the kernel refuses it: the runtime "
+                                      "must call apply_idmapped_sources before entering one")
+    return tree
+
+
+def apply_idmapped_sources(kernel, plan):
+    """Host side, before the container's user namespace exists: idmapping a mount needs privilege
+    over the namespace that owns the source filesystem (mount_setattr(2)), which the container's
+    init no longer has. Returns {step index: detached tree fd} for apply_mounts(prepared=...)."""
+    prepared = {}
+    try:
+        for index, step in enumerate(plan["steps"]):
+            if step["op"] == "bind" and step.get("idmap"):
+                prepared[index] = _open_source(kernel, step)
+    except BaseException:
+        for fd in prepared.values():
+            kernel.close(fd)
+        raise
+    return prepared
+
+
+def _step_bind(kernel, root_fd, step, tree=None):
+    if tree is None:
+        tree = _open_source(kernel, step)
     try:
         _set_attrs(kernel, tree, step)
         _attach(kernel, root_fd, step, tree, is_dir_fd(kernel, tree))
         _set_propagation(kernel, tree, step)
     finally:
         kernel.close(tree)
+
+
+def _set_idmap(kernel, tree, idmap):
+    # MOUNT_ATTR_IDMAP only on a detached mount, before move_mount (kernel 5.12).
+    userns = kernel.make_userns(idmap["uid_map"], idmap["gid_map"])
+    try:
+        kernel.mount_setattr(tree, "", AT_EMPTY_PATH | (AT_RECURSIVE if idmap["recursive"] else 0),
+                             MOUNT_ATTR_IDMAP, 0, 0, userns)
+    finally:
+        kernel.close(userns)
 
 
 def _new_fs(kernel, fstype, source, data, attr_flags):
