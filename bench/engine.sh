@@ -15,7 +15,8 @@ cleanup() {
     [ -n "${CAPSA_IDLE:-}" ] && $CAPSA rm -f "$CAPSA_IDLE" >/dev/null 2>&1
     rm -rf "$T"
 }
-CAPSA="python3 -I -S $REPO/bench/engine_capsa.py --root $T/capsa"
+# the installed launcher runs Debian's interpreter isolated (#!/usr/bin/python3 -I -S)
+CAPSA="/usr/bin/python3 -I -S $REPO/bench/engine_capsa.py --root $T/capsa"
 export CAPSA_BENCH_REPO=$REPO
 
 # --- podman, isolated ----------------------------------------------------------------------
