@@ -51,6 +51,17 @@ def wait_for(probe, timeout=20, what="condition"):
         time.sleep(0.05)
 
 
+def read_survivors(pids, patience=5):
+    """Those of pids still alive (zombies included) after up to `patience` seconds: killed
+    processes are reaped by their parent (conmon, a shim) a moment after the client returned."""
+    deadline = time.monotonic() + patience
+    while True:
+        alive = [pid for pid in pids if os.path.exists("/proc/%d" % pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
 class ClientError(AssertionError):
     """A client command failed or hung; the message carries its argv and output."""
 

@@ -5,10 +5,10 @@ package-scoped fixtures that give podman/buildah/ctr an isolated configuration u
 folder and prove on teardown that nothing is left on the host. Of capsa it imports only the image
 builder (capsa.busybox): capsa-runtime is reached as a binary, like runc.
 """
-import copy
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -33,7 +33,6 @@ argv to DIR/argv.log (see capsa_check.sh); CAPSA_RUNTIME=PATH tests another caps
 """
 REFERENCE = "runc"
 NAMESPACE = "capsaconf%d" % os.getpid()
-_reference_results = {}
 
 
 def pytest_configure(config):
@@ -66,18 +65,13 @@ def pytest_generate_tests(metafunc):
 def observe(runtime):
     """observe(scenario, *args) -> scenario(runtime, *args), the scenario's observation (a dict).
 
-    For a runtime other than runc, it also runs the scenario under runc (once per session) and
-    asserts both observations are equal, so a test's own expectations then hold for both.
+    For a runtime other than runc, the same test then runs the scenario under runc too and
+    asserts both observations are equal, so the test's own expectations hold for both.
     """
     def observe(scenario, *args):
-        key = "%s.%s" % (scenario.__module__, scenario.__qualname__)
         got = scenario(runtime, *args)
-        if runtime == REFERENCE:
-            _reference_results[key] = copy.deepcopy(got)
-        else:
-            if key not in _reference_results:
-                _reference_results[key] = scenario(REFERENCE, *args)
-            want = copy.deepcopy(_reference_results[key])
+        if runtime != REFERENCE:
+            want = scenario(REFERENCE, *args)
             assert got == want, "%s observed %r where %s observed %r" % (
                 runtime, got, REFERENCE, want)
         return got
@@ -212,14 +206,21 @@ class CtrFor:
         self.client, self.run, self.fifo = client, run, fifo
 
 
-def _check_host_clean(top, before):
-    after = traces.read_traces(top, NAMESPACE)
-    parents = {c for c in after["cgroups"] - before["cgroups"] if _is_client_cgroup(c)}
-    traces.remove_empty_cgroups(parents)
-    traces.remove_client_paths(after["client_paths"] - before["client_paths"])
-    after = traces.read_traces(top, NAMESPACE)
-    left = {kind: sorted(after[kind] - before[kind]) for kind in after}
-    left = {kind: items for kind, items in left.items() if items}
+def _check_host_clean(top, before, patience=10):
+    # conmon and the shims exit, and remove their sockets, after the client command returned:
+    # give them `patience` seconds
+    deadline = time.monotonic() + patience
+    while True:
+        after = traces.read_traces(top, NAMESPACE)
+        parents = {c for c in after["cgroups"] - before["cgroups"] if _is_client_cgroup(c)}
+        traces.remove_empty_cgroups(parents)
+        traces.remove_client_paths(after["client_paths"] - before["client_paths"])
+        after = traces.read_traces(top, NAMESPACE)
+        left = {kind: sorted(after[kind] - before[kind]) for kind in after}
+        left = {kind: items for kind, items in left.items() if items}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     if not left.get("mounts"):
         shutil.rmtree(top, ignore_errors=True)
     assert not left, "the conformance tier left traces on the host: %r" % left

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from tests.conformance.clients import IMAGE, TTY_PROBE, read_tty_probe, unique, wait_for
+from tests.conformance.clients import (IMAGE, TTY_PROBE, read_survivors, read_tty_probe, unique,
+                                       wait_for)
 
 pytestmark = pytest.mark.conformance
 BUSY = "sleep 1000 & sleep 1000 & wait"
@@ -54,10 +55,6 @@ def busy_task(c):
     finally:
         c.client("task", "delete", "--force", name, check=False)
         c.client("container", "delete", name)
-
-
-def read_alive(pids):
-    return [pid for pid in pids if os.path.exists("/proc/%d" % pid)]
 
 
 def run_rm(runtime, ctr):
@@ -141,7 +138,7 @@ def kill_all(runtime, ctr):
         status = wait_for(lambda: read_tasks(c.client)[name][1] == "STOPPED" and "STOPPED",
                           what="%s to stop" % name)
         deleted = c.client("task", "delete", name)
-        return {"status": status, "alive": read_alive(pids),
+        return {"status": status, "alive": read_survivors(pids),
                 "delete": re.findall(r"exit code (\d+)", deleted.stderr)}
 
 
@@ -156,7 +153,7 @@ def delete_force(runtime, ctr):
     with busy_task(c) as (name, pids):
         done = c.client("task", "delete", "--force", name)
         return {"rc": done.returncode, "listed": name in read_tasks(c.client),
-                "alive": read_alive(pids)}
+                "alive": read_survivors(pids)}
 
 
 @pytest.mark.claimed()
