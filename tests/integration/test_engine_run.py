@@ -247,3 +247,32 @@ def test_rootfs_tarball(eng, rootfs, tmp_path):
         t.add(rootfs, arcname=".")
     assert run_in(eng, str(tar), "cat", "/etc/hostname").stdout.strip()
     assert eng.out("ps", "-aq") == ""
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_rootfs_disk_images_stay_untouched(eng, rootfs, tmp_path, fmt):
+    import hashlib
+    import subprocess
+    tools = ["mkfs.ext4"] + (["qemu-img", "qemu-storage-daemon"] if fmt == "qcow2" else [])
+    missing = [t for t in tools if shutil_which(t) is None]
+    if missing:
+        pytest.skip("host lacks " + ", ".join(missing))
+    raw = tmp_path / "disk.img"
+    with open(raw, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-d", rootfs, str(raw)], check=True)
+    disk = raw
+    if fmt == "qcow2":
+        disk = tmp_path / "disk.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    out = run_in(eng, str(disk), "sh", "-c", "echo written > /etc/motd; cat /etc/motd").stdout
+    assert out == "written\n"
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    assert str(disk) not in subprocess.run(["losetup", "-a"], capture_output=True,
+                                           text=True).stdout
+
+
+def shutil_which(name):
+    import shutil
+    return shutil.which(name)
