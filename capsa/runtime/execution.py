@@ -225,6 +225,7 @@ def _process(kernel, plan, sock):
         tty.apply_exec_console(kernel, proc, sock)
     process.apply_cwd(kernel, proc["cwd"])
     executable = process.find_executable(proc["args"][0], proc["env"])
+    process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])
     identity.apply_identity(kernel, proc)
 

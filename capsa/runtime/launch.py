@@ -345,6 +345,7 @@ def _init_main(kernel, plan, sock, fifo_dir):
         tty.apply_console(kernel, proc, plan["rootfs"], sock)
     process.apply_cwd(kernel, proc["cwd"])
     executable = process.find_executable(proc["args"][0], proc["env"])
+    process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])
     identity.apply_identity(kernel, proc, setgroups_allowed=True)
 

@@ -55,6 +55,10 @@ class Runtime:
     def bundle(self, args, name="bundle", **kwargs):
         return make_bundle(self.tmp, args, name=name, **kwargs)
 
+    def run_bundle(self, bundle, container_id):
+        self.ids.append(container_id)
+        return self("run", "--bundle", bundle, container_id)
+
     def run(self, args, mutate=None, name="bundle", container_id=None):
         bundle = self.bundle(args, name=name, mutate=mutate)
         container_id = container_id or "c-" + name

@@ -86,6 +86,43 @@ def find_executable(args0, env, field="process.args"):
     raise ConfigError("%s: executable file not found in $PATH" % args0, field=field + "[0]")
 
 
+def check_interpreters(kernel, executable, field="process.args"):
+    """Refuse a program whose #! interpreter chain reaches a magic link such as /proc/self/exe:
+    the kernel would resolve it to this runtime's own interpreter on the host and run it inside
+    the container, the first step of CVE-2019-5736. Runs in the container's root."""
+    path = os.path.join(kernel.getcwd(), executable)
+    root = kernel.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        _check_chain(kernel, root, executable, path, field)
+    finally:
+        kernel.close(root)
+
+
+def _check_chain(kernel, root, executable, path, field):
+    from capsa.errors import KernelError
+    from capsa.syscalls.fs import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS
+    for _ in range(5):  # the kernel follows at most 4 levels of interpreters (BINPRM_MAX_RECURSION)
+        try:
+            fd = kernel.openat2(root, path.lstrip("/") or ".", os.O_RDONLY, 0,
+                                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        except KernelError as err:
+            if err.errno == 40:  # ELOOP: a magic link on the way
+                raise ConfigError("%s is run through a /proc magic link (%s), which would run the "
+                                  "runtime's own binary inside the container" % (executable, path),
+                                  field=field + "[0]", hint="point #! at a real interpreter")
+            return
+        try:
+            head = os.read(fd, 256)
+        finally:
+            kernel.close(fd)
+        if not head.startswith(b"#!"):
+            return
+        line = head[2:].split(b"\n", 1)[0].strip()
+        if not line:
+            return
+        path = os.fsdecode(line.split()[0])
+
+
 def apply_cwd(kernel, cwd, field="process.cwd"):
     """chdir, then prove the cwd is inside the container root (CVE-2024-21626)."""
     try:
