@@ -103,7 +103,8 @@ def apply_conmon_start(store, record, runtime, runtime_arg=None):
         msg = {}
     cpid = msg.get("data", -1)
     if not isinstance(cpid, int) or cpid <= 0:
-        error = msg.get("message") or "conmon did not report the container's pid"
+        error = build_runtime_message(msg.get("message") or
+                                      "conmon did not report the container's pid")
         store.set_state(id, status="exited", exit_code=build_exit_code_for_error(error),
                         error=error, pid=None, finished_at=format_time(time.time()))
         try:
@@ -126,6 +127,22 @@ def apply_conmon_start(store, record, runtime, runtime_arg=None):
             pass
         return {"error": err.line(), "code": build_exit_code_for_error(err.message)}
     return None
+
+
+def build_runtime_message(text):
+    """conmon passes the runtime's logrus line on: keep only its msg="..." part."""
+    text = text.strip()
+    start = text.find('msg="')
+    if start < 0:
+        return text
+    out = []
+    i = start + 5
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 def _read_int(path):

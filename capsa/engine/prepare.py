@@ -133,6 +133,23 @@ def read_host_caps():
     return [c for i, c in enumerate(CAPABILITIES[:last + 1]) if mask is None or mask >> i & 1]
 
 
+def check_rlimits(ulimits, host_caps):
+    """Without CAP_SYS_RESOURCE no runtime can raise a limit above capsa's own hard limit: say so
+    before the runtime fails with a bare EPERM."""
+    if "CAP_SYS_RESOURCE" in host_caps:
+        return
+    import resource
+    for item in ulimits:
+        number = getattr(resource, item["type"], None)
+        if number is None:
+            continue
+        hard = resource.getrlimit(number)[1]
+        if hard != resource.RLIM_INFINITY and (item["hard"] > hard or item["hard"] < 0):
+            raise UsageError("%s hard limit %d is above this host's %d" % (
+                item["type"], item["hard"], hard), field="--ulimit",
+                hint="capsa lacks CAP_SYS_RESOURCE here; use at most %d" % hard)
+
+
 def read_init_binary():
     from capsa.engine.runtimes import find_binary
     for name in ("catatonit", "tini-static", "tini"):
@@ -363,6 +380,7 @@ def build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=False
              "host_caps": read_host_caps(),
              "init_path": read_init_binary() if req["init"] else None,
              "cgroups_path": "/capsa/" + id}
+    check_rlimits(req["ulimits"], facts["host_caps"])
     caps = specbuild.build_capabilities(req, facts["cap_last"], facts["host_caps"])["bounding"]
     facts["seccomp"] = None if req["privileged"] else read_seccomp(req, caps)
     if req["privileged"]:

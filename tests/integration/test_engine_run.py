@@ -204,7 +204,7 @@ def test_trace_prints_steps(eng, rootfs):
 def test_bad_input_leaves_nothing(eng, rootfs, tmp_path):
     for args in (["-v", str(tmp_path / "nope") + ":/x"], ["-u", "ghost"],
                  ["--device", "/dev/nonexistent"], ["--cap-add", "BOGUS"],
-                 ["--ulimit", "nofile=x"], ["-m", "lots"]):
+                 ["--ulimit", "nofile=x"], ["-m", "lots"], ["--ulimit", "nofile=1:99999999"]):
         proc = eng.run("run", "--name", "bad", "--rootfs", rootfs, *args, "true")
         assert proc.returncode == 125, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -160,3 +160,25 @@ def test_conmon_command_line(tmp_path, monkeypatch):
     assert argv.count("--exit-command") == 1
     monkeypatch.setenv("CAPSA_MONITOR", "python")
     assert not conmon.use_conmon(record, runtime)
+
+
+def test_runtime_log_line_reduced_to_its_message():
+    from capsa.engine.conmon import build_runtime_message
+    line = 'time="2026" level=error msg="runc create failed: \\"x\\" denied"\n'
+    assert build_runtime_message(line) == 'runc create failed: "x" denied'
+    assert build_runtime_message("plain words\n") == "plain words"
+
+
+def test_rlimits_above_our_hard_limit_are_refused_early():
+    import resource
+    from capsa.engine.prepare import check_rlimits
+    from capsa.errors import UsageError
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("this host has no finite hard RLIMIT_NOFILE")
+    too_high = [{"type": "RLIMIT_NOFILE", "soft": 1, "hard": hard + 1}]
+    with pytest.raises(UsageError) as exc:
+        check_rlimits(too_high, ["CAP_CHOWN"])
+    assert exc.value.field == "--ulimit"
+    check_rlimits(too_high, ["CAP_SYS_RESOURCE"])
+    check_rlimits([{"type": "RLIMIT_NOFILE", "soft": 1, "hard": hard}], [])
