@@ -255,6 +255,8 @@ class FsCalls:
                 fail("unshare(CLONE_NEWUSER) for an idmapped mount", 1)
             proc_fd = check(syscall("pidfd_getfd", pidfd, int(answer), 0), "pidfd_getfd")
             try:
+                if self.fstatfs_type(proc_fd) != PROC_SUPER_MAGIC:
+                    fail("/proc is not procfs: refusing to write id maps there", 22)
                 for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
                     fd = _os("open %s" % name, lambda: os.open(name, os.O_WRONLY | os.O_CLOEXEC,
                                                                  dir_fd=proc_fd))

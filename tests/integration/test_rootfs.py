@@ -355,11 +355,17 @@ def test_lxcfs_style_file_over_proc_allowed(bundle, tmp_path):
     assert out == "1.00 2.00\n"
 
 
-def test_idmapped_bind_shows_host_ids_shifted(bundle, tmp_path):
+def owned_source(tmp_path):
+    """A folder with one file owned by 5:6 on disk."""
     source = tmp_path / "owned"
     source.mkdir()
     (source / "file").write_text("x")
     os.chown(source / "file", 5, 6)
+    return source
+
+
+def test_idmapped_bind_shows_host_ids_shifted(bundle, tmp_path):
+    source = owned_source(tmp_path)
     spec = make_spec(mounts=default_mounts() + [
         {"destination": "/data", "type": "bind", "source": str(source), "options": ["bind", "idmap"],
          "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 100}],
@@ -370,10 +376,7 @@ def test_idmapped_bind_shows_host_ids_shifted(bundle, tmp_path):
 
 
 def test_idmap_with_a_user_namespace_uses_trees_prepared_on_the_host(bundle, tmp_path):
-    source = tmp_path / "owned"
-    source.mkdir()
-    (source / "file").write_text("x")
-    os.chown(source / "file", 5, 6)
+    source = owned_source(tmp_path)
     os.mkdir(bundle / "rootfs" / "data")
     spec = make_spec(rootless=True)
     spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "cgroup"]
@@ -388,3 +391,21 @@ def test_idmap_with_a_user_namespace_uses_trees_prepared_on_the_host(bundle, tmp
     assert code == 0, out
     # disk 5 -> host 100010 -> container 11; disk 6 -> host 100011 -> container 12
     assert out == "11:12\n"
+
+
+def test_symlink_planted_in_a_shared_volume_stays_inside(bundle, tmp_path):
+    # CVE-2024-45310: another container planted a symlink in a volume this one mounts under.
+    volume = tmp_path / "volume"
+    outside = tmp_path / "host-side"
+    volume.mkdir()
+    outside.mkdir()
+    os.symlink("/../../../../../../../" + str(outside).lstrip("/"), volume / "planted")
+    spec = make_spec(mounts=default_mounts() + [
+        {"destination": "/vol", "type": "bind", "source": str(volume), "options": ["rbind"]},
+        {"destination": "/vol/planted/made/here", "type": "tmpfs", "source": "tmpfs"}])
+    code, out = run_in_container(bundle, spec, "cat /proc/self/mountinfo")
+    assert code == 0, out
+    assert os.listdir(outside) == []
+    inside = bundle / "rootfs" / str(outside).lstrip("/") / "made" / "here"
+    assert inside.is_dir()
+    assert mount_line(out, str(outside) + "/made/here")

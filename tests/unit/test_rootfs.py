@@ -495,3 +495,22 @@ def test_idmap_refused_in_a_user_namespace_says_what_to_do():
         rootfs.apply_mounts(kernel, plan)
     assert info.value.field == "mounts[0].options" and "apply_idmapped_sources" in info.value.line()
     assert open_fds(kernel) == []
+
+
+def test_mknod_refused_falls_back_to_binding_the_host_node():
+    kernel = kernel_with()
+    kernel.failures["mknodat"] = lambda args: errno.EPERM if args[1] == "zero" else None
+    rootfs.apply_mounts(kernel, make_plan([]))
+    assert [c[1] for c in kernel.calls_of("open_tree")] == ["/dev/zero"]
+    assert [c[1] for c in kernel.calls_of("fchownat")] == ["null", "full", "random", "urandom", "tty"]
+    assert open_fds(kernel) == []
+
+
+def test_fifos_are_made_even_in_a_user_namespace():
+    kernel = kernel_with()
+    plan = build_rootfs_plan({"root": {"path": "r"}, "linux": {"devices": [
+        {"path": "/dev/myfifo", "type": "p", "fileMode": 0o620}]}}, "/b", dict(FACTS, userns=True))
+    rootfs.apply_mounts(kernel, plan)
+    assert kernel.calls_of("mknodat") == [(kernel.calls_of("mknodat")[0][0], "myfifo",
+                                           stat.S_IFIFO | 0o620, 0)]
+    assert "/dev/myfifo" not in [c[1] for c in kernel.calls_of("open_tree")]

@@ -295,8 +295,8 @@ _NODE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": sta
 
 
 def _step_device(kernel, root_fd, step):
-    if step["bind"]:
-        # mknod is refused in a user namespace: bind the host's node onto an empty file.
+    # mknod of a device is refused in a user namespace (fifos are not): bind the host's node.
+    if step["bind"] and step["type"] != "p":
         _bind_node(kernel, root_fd, step["path"], step["path"])
         return
     parent, name = _parent_and_name(kernel, root_fd, step["path"])
@@ -306,8 +306,15 @@ def _step_device(kernel, root_fd, step):
         except KernelError as err:
             if err.errno != errno.ENOENT:
                 raise
-        kernel.mknodat(parent, name, _NODE_TYPES[step["type"]] | step["mode"],
-                       os.makedev(step["major"], step["minor"]))
+        try:
+            kernel.mknodat(parent, name, _NODE_TYPES[step["type"]] | step["mode"],
+                           os.makedev(step["major"], step["minor"]))
+        except KernelError as err:
+            if err.errno != errno.EPERM or step["type"] == "p":
+                raise
+            # No CAP_MKNOD (a user namespace the plan did not know of, an LSM): bind instead.
+            _bind_node(kernel, root_fd, step["path"], step["path"])
+            return
         kernel.fchownat(parent, name, step["uid"], step["gid"])
     finally:
         kernel.close(parent)
