@@ -276,3 +276,36 @@ def test_rootfs_disk_images_stay_untouched(eng, rootfs, tmp_path, fmt):
 def shutil_which(name):
     import shutil
     return shutil.which(name)
+
+
+def test_image_config_applied_as_docker_does(eng, rootfs):
+    from capsa.engine.images.store import ImageStore
+    os.makedirs(os.path.join(rootfs, "data"), exist_ok=True)
+    with open(os.path.join(rootfs, "data", "seed"), "w") as f:
+        f.write("from the image\n")
+    ImageStore(eng.root).import_rootfs(rootfs, "cfgimg:latest", {
+        "Entrypoint": ["sh", "-c"], "Cmd": ["echo default-cmd"], "Env": ["FROM_IMAGE=yes"],
+        "WorkingDir": "/tmp", "User": "user", "StopSignal": "SIGUSR1", "Volumes": {"/data": {}}})
+    assert eng.out("run", "--rm", "cfgimg") == "default-cmd\n"
+    out = eng.out("run", "--rm", "cfgimg", "echo $FROM_IMAGE $(pwd) $(id -un); cat /data/seed")
+    assert out == "yes /tmp user\nfrom the image\n"
+    assert eng.out("run", "--rm", "--entrypoint", "id", "-u", "0", "cfgimg", "-u") == "0\n"
+    eng.out("create", "--name", "sig", "cfgimg", "sleep 60")
+    assert json.loads(eng.out("inspect", "sig"))[0]["Config"]["stop_signal"] == 10
+    # the image's VOLUME became an anonymous volume, filled from the image, gone with rm -v
+    assert len(eng.out("volume", "ls", "-q").split()) == 1
+    eng.out("rm", "-v", "sig")
+    assert eng.out("volume", "ls", "-q") == ""
+
+
+def test_volume_create_and_prune(eng, rootfs):
+    assert eng.out("volume", "create", "v1").strip() == "v1"
+    eng.out("volume", "create", "--label", "a=b", "v2")
+    assert json.loads(eng.out("volume", "inspect", "v2"))[0]["Labels"] == {"a": "b"}
+    eng.out("create", "--name", "user", "-v", "v1:/v", "--rootfs", rootfs, "true")
+    eng.run("volume", "rm", "v1", check=1)
+    assert eng.out("volume", "prune").split() == ["v2"]
+    assert eng.out("volume", "ls", "-q").split() == ["v1"]
+    eng.out("rm", "user")
+    eng.out("volume", "rm", "v1")
+    eng.run("volume", "create", "bad/name", check=125)
