@@ -230,3 +230,12 @@ def test_created_containers_are_listed_and_started_by_start_all(eng, home, rootf
     out, err = sup.communicate(timeout=30)
     assert out.split() == ["made"], err
     assert eng.out("logs", "made") == "made ran\n"
+
+
+def test_start_all_restarts_per_policy(eng, home, rootfs):
+    declare(home, "flaky", "root=%s\ninit=/bin/sh\nnamespaces=p\nrestart=on-failure:2\n"
+                           "command=-c 'echo run; exit 1'\n" % rootfs)
+    sup = eng.popen("start-all", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = sup.communicate(timeout=30)
+    assert out.split() == ["flaky"], err
+    assert log_of(home, "flaky") == "run\nrun\nrun\n"
