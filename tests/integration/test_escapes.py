@@ -73,40 +73,47 @@ def test_cve_2019_5736_runtime_binary_not_reachable(rt, how):
 
 
 def test_cve_2019_5736_init_not_dumpable_during_setup(rt):
-    """CVE-2019-5736 (second path): while the runtime's init waits inside the container, a
-    process of the same uid without CAP_SYS_PTRACE must not reach its /proc/<pid>/exe (the host
-    interpreter): the init is non-dumpable until execve. Shown by hand: without
-    PR_SET_DUMPABLE 0 in the child, the open succeeds and this test fails."""
+    """CVE-2019-5736 (second path): while the init waits inside a user-namespaced container, a
+    process that is root of that namespace (all capabilities there) must not reach the init's
+    /proc/<pid>/exe, which is the host interpreter: the init is non-dumpable until execve, so
+    the kernel asks for CAP_SYS_PTRACE in the initial namespace. Two things make it so: the
+    child's explicit PR_SET_DUMPABLE 0, and the kernel resetting dumpability when the child
+    becomes root of the new user namespace (setresuid). Shown by hand: with the child made
+    dumpable again after that setresuid, readlink succeeds and this test fails."""
     import ctypes
-    bundle = rt.bundle(["true"])
-    rt.ids.append("dump")
-    assert rt("create", "--bundle", bundle, "dump").returncode == 0
-    pid = json.loads(rt("state", "dump").stdout)["pid"]
-    child = os.fork()
-    if child == 0:
-        try:
-            class Header(ctypes.Structure):
-                _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    import shutil
+    import tempfile
+    rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-dumpable-"))
+    os.chmod(rt.tmp, 0o755)
 
-            class Data(ctypes.Structure):
-                _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                            ("inheritable", ctypes.c_uint32)]
-            libc = ctypes.CDLL(None, use_errno=True)
-            header = Header(0x20080522, 0)
-            data = (Data * 2)()
-            libc.capget(ctypes.byref(header), data)
-            data[0].effective &= ~(1 << 19)  # CAP_SYS_PTRACE
-            data[0].permitted &= ~(1 << 19)
-            if libc.capset(ctypes.byref(header), data) != 0:
-                os._exit(3)
+    def mutate(spec):
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 210000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 210000, "size": 65536}]
+    try:
+        bundle = rt.bundle(["true"], mutate=mutate)
+        rt.ids.append("dump")
+        created = rt("create", "--bundle", bundle, "dump")
+        assert created.returncode == 0, created.stderr
+        pid = json.loads(rt("state", "dump").stdout)["pid"]
+        child = os.fork()
+        if child == 0:
             try:
-                os.readlink("/proc/%d/exe" % pid)
-                os._exit(1)
-            except PermissionError:
-                os._exit(0)
-        except BaseException:
-            os._exit(2)
-    _, code = os.waitpid(child, 0)
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open("/proc/%d/ns/user" % pid, os.O_RDONLY)
+                if libc.setns(fd, 0x10000000) != 0:
+                    os._exit(3)
+                try:
+                    os.readlink("/proc/%d/exe" % pid)
+                    os._exit(1)
+                except PermissionError:
+                    os._exit(0)
+            except BaseException:
+                os._exit(2)
+        _, code = os.waitpid(child, 0)
+        rt("delete", "--force", "dump")
+    finally:
+        shutil.rmtree(rt.tmp, ignore_errors=True)
     assert os.waitstatus_to_exitcode(code) == 0
 
 
