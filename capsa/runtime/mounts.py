@@ -75,12 +75,12 @@ def build_mount_features():
     return sorted(words | SUPERBLOCK_OPTIONS | SPECIAL_OPTIONS)
 
 
-def _clean(path, field):
+def _clean(path, field, relative_ok=False):
     if not isinstance(path, str) or not path:
         raise ConfigError("must be a non-empty path string", field=field)
     if "\0" in path:
         raise ConfigError("contains a NUL byte", field=field)
-    if not path.startswith("/"):
+    if not path.startswith("/") and not relative_ok:
         raise ConfigError("%r is not absolute" % path, field=field,
                           hint="write the path as the container sees it, starting with /")
     return posixpath.normpath("/" + path.lstrip("/"))
@@ -147,7 +147,8 @@ def build_mount(mount, index, bundle_dir):
     field = "mounts[%d]" % index
     if not isinstance(mount, dict):
         raise ConfigError("must be an object with destination, type, source, options", field=field)
-    dest = _clean(mount.get("destination"), field + ".destination")
+    # runtime-spec 1.2 allows relative destinations on Linux: relative to the container's /.
+    dest = _clean(mount.get("destination"), field + ".destination", relative_ok=True)
     if dest == "/":
         raise ConfigError("cannot mount over the container's root", field=field + ".destination",
                           hint="set root.path to the filesystem instead")

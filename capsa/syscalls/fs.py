@@ -5,6 +5,7 @@ capsa.syscalls.fake; imports only ctypes, os, libc and errors.
 """
 import ctypes
 import os
+import stat
 
 from capsa.syscalls.libc import NR, check, fail, fsencode, libc, syscall
 
@@ -282,7 +283,6 @@ class FsCalls:
 
 
 def _copy_tree(src, dst, depth):
-    import stat
     if depth > 64:
         fail("copy: directories nested deeper than 64", 40)
     for name in _os("list fd %d" % src, os.listdir, src):

@@ -104,7 +104,8 @@ def test_proc_and_sysfs_need_real_directories():
 @pytest.mark.parametrize("mount, field, words", [
     ({"destination": "/x", "type": "bind", "source": "/s", "options": ["rbind", "nosiud"]},
      "mounts[0].options", "unknown option 'nosiud'"),
-    ({"destination": "x", "type": "tmpfs"}, "mounts[0].destination", "not absolute"),
+    ({"destination": "", "type": "tmpfs"}, "mounts[0].destination", "non-empty"),
+    ({"destination": "/x\0", "type": "tmpfs"}, "mounts[0].destination", "NUL"),
     ({"destination": "/", "type": "tmpfs"}, "mounts[0].destination", "root"),
     ({"destination": "/x", "options": ["nosuid"]}, "mounts[0].type", "needs a filesystem type"),
     ({"destination": "/x", "type": "bind"}, "mounts[0].source", "needs a source"),
@@ -258,3 +259,8 @@ def test_idmap_without_mappings_uses_the_container_user_namespace():
                              "recursive": False}
     (step,) = steps_of(plan_of([IDMAPPED], facts={"userns": True}, **linux), "bind")
     assert step["idmap"]["uid_map"] == "0 100000 1000\n"
+
+
+def test_relative_destinations_are_relative_to_the_container_root():
+    (step,) = steps_of(plan_of([{"destination": "run/../data", "type": "tmpfs"}]), "fs")
+    assert step["dest"] == "/data"
