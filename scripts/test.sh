@@ -11,7 +11,8 @@ if ! python3 -c "import pytest" 2>/dev/null; then
     echo "test.sh: $(command -v python3) has no pytest: run scripts/install.sh (pyenv's python3 first on PATH)" >&2
     exit 1
 fi
-python3 -m pytest -q -rfEs "${@:-tests}"
+# a hung test fails after 10 minutes instead of eating the 90-minute CI budget
+python3 -m pytest -q -rfEs --timeout=600 "${@:-tests}"
 status=$?
 if [ "$status" -eq 5 ]; then
     echo "test.sh: pytest collected no tests (exit 5): failing" >&2
