@@ -75,6 +75,11 @@ def build_mount_features():
     return sorted(words | SUPERBLOCK_OPTIONS | SPECIAL_OPTIONS)
 
 
+def build_mount_extensions():
+    """features.json linux.mountExtensions: idmapped mounts (mount_setattr, kernel 5.12)."""
+    return {"idmap": {"enabled": True}}
+
+
 def _clean(path, field, relative_ok=False):
     if not isinstance(path, str) or not path:
         raise ConfigError("must be a non-empty path string", field=field)

@@ -409,3 +409,12 @@ def test_symlink_planted_in_a_shared_volume_stays_inside(bundle, tmp_path):
     inside = bundle / "rootfs" / str(outside).lstrip("/") / "made" / "here"
     assert inside.is_dir()
     assert mount_line(out, str(outside) + "/made/here")
+
+
+def test_missing_rootfs_fails_cleanly(bundle):
+    spec = make_spec()
+    spec["root"]["path"] = "no-such-rootfs"
+    code, out = run_in_container(bundle, spec, "echo RAN")
+    assert code == 121 and "RAN" not in out
+    assert out.startswith("SETUP: root.path: cannot use ") and "no-such-rootfs" in out
+    assert not (bundle / "no-such-rootfs").exists()

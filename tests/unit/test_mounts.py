@@ -5,7 +5,8 @@ import pytest
 
 from capsa.errors import ConfigError
 from capsa.runtime import mounts
-from capsa.runtime.mounts import build_mount_features, build_mount_options, build_rootfs_plan
+from capsa.runtime.mounts import (build_mount_extensions, build_mount_features, build_mount_options,
+                                  build_rootfs_plan)
 from capsa.syscalls import fs
 
 FACTS = {"userns": False, "no_pivot": False, "terminal": False,
@@ -37,6 +38,7 @@ def test_features_come_from_the_tables():
                  "nosymfollow", "rnosymfollow", "strictatime", "rnoatime", "sync", "dirsync"):
         assert word in words
     assert "idmap" in words and "ridmap" in words
+    assert build_mount_extensions() == {"idmap": {"enabled": True}}
     for word in words:  # everything advertised is accepted by the parser
         build_mount_options([word], word not in mounts.SUPERBLOCK_OPTIONS, "mounts[0].options")
 
