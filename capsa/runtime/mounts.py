@@ -365,7 +365,12 @@ def build_rootfs_plan(spec, bundle_dir, facts):
         raise ConfigError("unknown propagation %r" % (propagation,), field="linux.rootfsPropagation",
                           hint="use one of: " + ", ".join(sorted(PROPAGATION_OPTIONS)))
     namespaces = linux.get("namespaces") or []
-    has_cgroupns = any(isinstance(ns, dict) and ns.get("type") == "cgroup" for ns in namespaces)
+    types = [ns.get("type") for ns in namespaces if isinstance(ns, dict)]
+    if "mount" not in types:
+        # Every step below changes the mount table: in the host's namespace it would stay there.
+        raise ConfigError("a container root filesystem needs a mount namespace",
+                          field="linux.namespaces", hint='add {"type": "mount"}')
+    has_cgroupns = "cgroup" in types
     mounts = spec.get("mounts") or []
     if not isinstance(mounts, list):
         raise ConfigError("must be a list of mount objects", field="mounts")

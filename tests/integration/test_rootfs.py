@@ -82,7 +82,7 @@ def host_facts(**extra):
 
 
 def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, before_pivot=None,
-                     id_map="0 0 1\n"):
+                     id_map="0 0 1\n", kernel_class=Kernel):
     """(exit status, combined output) of `sh -c script` inside the container; with
     CLONE_NEWUSER the test process writes `id_map` as the child's uid and gid maps."""
     facts = facts or host_facts()
@@ -99,7 +99,7 @@ def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, be
             os.close(mapped_w)
             os.dup2(write_end, 1)
             os.dup2(write_end, 2)
-            kernel = Kernel()
+            kernel = kernel_class()
             prepared = apply_idmapped_sources(kernel, plan) if flags & CLONE_NEWUSER else None
             if flags & CLONE_NEWUSER:
                 kernel.unshare(CLONE_NEWUSER)
@@ -418,3 +418,29 @@ def test_missing_rootfs_fails_cleanly(bundle):
     assert code == 121 and "RAN" not in out
     assert out.startswith("SETUP: root.path: cannot use ") and "no-such-rootfs" in out
     assert not (bundle / "no-such-rootfs").exists()
+
+
+def test_destination_swapped_for_a_symlink_after_lookup_changes_nothing(bundle, tmp_path):
+    # CVE-2021-30465: the image swaps a checked destination for a symlink to the host before
+    # the mount happens. The mount follows the fd, so it lands on the renamed directory.
+    outside = tmp_path / "host-target"
+    outside.mkdir()
+    rootfs_dir = bundle / "rootfs"
+    (rootfs_dir / "vol" / "target").mkdir(parents=True)
+
+    class SwappingKernel(Kernel):
+        swapped = False
+
+        def move_mount(self, from_dirfd, from_path, to_dirfd, to_path, flags):
+            if not self.swapped:
+                SwappingKernel.swapped = True
+                os.rename(rootfs_dir / "vol" / "target", rootfs_dir / "vol" / "moved")
+                os.symlink(str(outside), rootfs_dir / "vol" / "target")
+            Kernel.move_mount(self, from_dirfd, from_path, to_dirfd, to_path, flags)
+
+    spec = make_spec(mounts=[{"destination": "/vol/target", "type": "tmpfs", "source": "tmpfs"}]
+                     + default_mounts())
+    code, out = run_in_container(bundle, spec, "cat /proc/self/mountinfo", kernel_class=SwappingKernel)
+    assert code == 0, out
+    assert mount_line(out, "/vol/moved") and not mount_line(out, str(outside))
+    assert os.listdir(outside) == []

@@ -14,8 +14,13 @@ FACTS = {"userns": False, "no_pivot": False, "terminal": False,
          "cgroup_paths": {"unified": "/sys/fs/cgroup/c1"}}
 
 
+def with_mount_ns(spec):
+    spec.setdefault("linux", {}).setdefault("namespaces", [{"type": "mount"}])
+    return spec
+
+
 def plan_of(mounts_=None, facts=None, **linux):
-    spec = {"root": {"path": "rootfs"}, "mounts": mounts_ or [], "linux": linux}
+    spec = with_mount_ns({"root": {"path": "rootfs"}, "mounts": mounts_ or [], "linux": linux})
     plan = build_rootfs_plan(spec, "/b", dict(FACTS, **(facts or {})))
     assert json.loads(json.dumps(plan)) == plan
     return plan
@@ -45,7 +50,7 @@ def test_features_come_from_the_tables():
 
 def test_root_path_is_resolved_against_the_bundle():
     assert plan_of()["rootfs"] == "/b/rootfs"
-    spec = {"root": {"path": "/abs/root/../r", "readonly": True}}
+    spec = with_mount_ns({"root": {"path": "/abs/root/../r", "readonly": True}})
     plan = build_rootfs_plan(spec, "/b", FACTS)
     assert plan["rootfs"] == "/abs/r" and plan["readonly"] is True
 
@@ -54,7 +59,7 @@ def test_root_path_is_resolved_against_the_bundle():
                                          ({"path": "r", "readonly": "yes"}, "root.readonly")])
 def test_bad_root(root, field):
     with pytest.raises(ConfigError) as info:
-        build_rootfs_plan({"root": root}, "/b", FACTS)
+        build_rootfs_plan(with_mount_ns({"root": root}), "/b", FACTS)
     assert info.value.field == field
 
 
@@ -189,7 +194,7 @@ HYBRID = {"mode": "hybrid", "v2": "/sys/fs/cgroup/unified",
 
 
 def test_cgroup_v2_with_cgroupns_mounts_cgroup2_read_only():
-    plan = plan_of([CGROUP], namespaces=[{"type": "cgroup"}])
+    plan = plan_of([CGROUP], namespaces=[{"type": "mount"}, {"type": "cgroup"}])
     (step,) = plan["steps"][:1]
     assert step["op"] == "fs" and step["fstype"] == "cgroup2"
     assert step["attrs"][0] & fs.MOUNT_ATTR_RDONLY
@@ -266,3 +271,10 @@ def test_idmap_without_mappings_uses_the_container_user_namespace():
 def test_relative_destinations_are_relative_to_the_container_root():
     (step,) = steps_of(plan_of([{"destination": "run/../data", "type": "tmpfs"}]), "fs")
     assert step["dest"] == "/data"
+
+
+def test_a_mount_namespace_is_required():
+    with pytest.raises(ConfigError) as info:
+        plan_of(namespaces=[{"type": "pid"}])
+    assert info.value.field == "linux.namespaces" and "mount namespace" in info.value.message
+    assert plan_of(namespaces=[{"type": "mount", "path": "/proc/1/ns/mnt"}])["rootfs"] == "/b/rootfs"

@@ -126,9 +126,13 @@ def open_fds(kernel):
     return sorted(fd for fd in kernel.fd_paths if fd not in closed)
 
 
+def rootfs_plan(spec, facts=FACTS):
+    spec.setdefault("linux", {}).setdefault("namespaces", [{"type": "mount"}])
+    return build_rootfs_plan(spec, "/b", facts)
+
+
 def make_plan(mounts=(), **linux):
-    spec = {"root": {"path": "rootfs"}, "mounts": list(mounts), "linux": linux}
-    return build_rootfs_plan(spec, "/b", FACTS)
+    return rootfs_plan({"root": {"path": "rootfs"}, "mounts": list(mounts), "linux": linux})
 
 
 def kernel_with(entries=None):
@@ -277,7 +281,7 @@ def test_devices_are_made_with_mknod_and_chowned():
 
 def test_devices_in_a_user_namespace_are_host_binds():
     kernel = kernel_with()
-    plan = build_rootfs_plan({"root": {"path": "r"}}, "/b", dict(FACTS, userns=True))
+    plan = rootfs_plan({"root": {"path": "r"}}, dict(FACTS, userns=True))
     rootfs.apply_mounts(kernel, plan)
     assert "mknodat" not in kernel.names()
     sources = [c[1] for c in kernel.calls_of("open_tree")]
@@ -346,7 +350,7 @@ def test_pivot_root_sequence():
 
 def test_no_pivot_moves_and_chroots():
     kernel = pivot_kernel({})
-    plan = build_rootfs_plan({"root": {"path": "r"}}, "/b", dict(FACTS, no_pivot=True))
+    plan = rootfs_plan({"root": {"path": "r"}}, dict(FACTS, no_pivot=True))
     rootfs.apply_pivot(kernel, plan)
     assert "pivot_root" not in kernel.names()
     assert kernel.calls_of("mount") == [(".", "/", None, fs.MS_MOVE)]
@@ -384,7 +388,7 @@ def test_readonly_paths_and_readonly_root():
     kernel = pivot_kernel({"proc": "dir", "proc/sys": "dir"})
     spec = {"root": {"path": "r", "readonly": True},
             "linux": {"readonlyPaths": ["/proc/sys", "/proc/none"]}}
-    rootfs.apply_pivot(kernel, build_rootfs_plan(spec, "/b", FACTS))
+    rootfs.apply_pivot(kernel, rootfs_plan(spec))
     (tree,) = kernel.calls_of("open_tree")
     assert tree[1:] == ("", fs.OPEN_TREE_CLONE | fs.OPEN_TREE_CLOEXEC | fs.AT_RECURSIVE |
                         fs.AT_EMPTY_PATH)
@@ -508,8 +512,8 @@ def test_mknod_refused_falls_back_to_binding_the_host_node():
 
 def test_fifos_are_made_even_in_a_user_namespace():
     kernel = kernel_with()
-    plan = build_rootfs_plan({"root": {"path": "r"}, "linux": {"devices": [
-        {"path": "/dev/myfifo", "type": "p", "fileMode": 0o620}]}}, "/b", dict(FACTS, userns=True))
+    plan = rootfs_plan({"root": {"path": "r"}, "linux": {"devices": [
+        {"path": "/dev/myfifo", "type": "p", "fileMode": 0o620}]}}, dict(FACTS, userns=True))
     rootfs.apply_mounts(kernel, plan)
     assert kernel.calls_of("mknodat") == [(kernel.calls_of("mknodat")[0][0], "myfifo",
                                            stat.S_IFIFO | 0o620, 0)]
