@@ -25,11 +25,21 @@ class OciCliRuntime:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         log = os.path.join(self.root, "engine-" + str(os.getpid()) + ".log")
         argv = [self.binary, "--root", self.root, "--log", log, "--log-format", "json"] + args
-        code = spawn_wait(argv, stdio, timens_pid=self.timens_pid)
+        err_r = None
+        if stdio is None:
+            # not the container's stdio: keep the runtime's stderr for the error message
+            err_r, err_w = os.pipe()
+            stdio = (_devnull(), _devnull(), err_w)
+            code = spawn_wait(argv, stdio, close_after=(err_w,), timens_pid=self.timens_pid)
+            said = _read_all(err_r).decode(errors="replace").strip().splitlines()
+            os.close(err_r)
+        else:
+            code = spawn_wait(argv, stdio, timens_pid=self.timens_pid)
+            said = []
         try:
             if check and code != 0:
-                message = read_runtime_error(log) or (self.name + " " + args[0] + " exited with "
-                                                      + str(code))
+                message = read_runtime_error(log) or (said[-1].strip() if said else None) or \
+                    (self.name + " " + args[0] + " exited with " + str(code))
                 raise ContainerError(message, field=what or (self.name + " " + args[0]))
         finally:
             try:
@@ -45,7 +55,7 @@ class OciCliRuntime:
         self._run(args + [id], stdio)
 
     def start(self, id):
-        self._run(["start", id], _devnull_stdio())
+        self._run(["start", id])
 
     def state(self, id):
         r, w = os.pipe()
@@ -62,11 +72,11 @@ class OciCliRuntime:
 
     def kill(self, id, signal, all=False):
         args = ["kill"] + (["--all"] if all else []) + [id, str(signal)]
-        self._run(args, _devnull_stdio())
+        self._run(args)
 
     def delete(self, id, force=False):
         args = ["delete"] + (["--force"] if force else []) + [id]
-        self._run(args, _devnull_stdio(), check=not force)
+        self._run(args, check=not force)
 
     def exec(self, id, process_json_path, pid_file, detach=True, console_socket=None, stdio=None):
         args = ["exec", "--process", process_json_path, "--pid-file", pid_file]
@@ -78,17 +88,17 @@ class OciCliRuntime:
         return code
 
     def pause(self, id):
-        self._run(["pause", id], _devnull_stdio())
+        self._run(["pause", id])
 
     def resume(self, id):
-        self._run(["resume", id], _devnull_stdio())
+        self._run(["resume", id])
 
     def update(self, id, resources_dict):
         path = os.path.join(self.root, "update-" + str(os.getpid()) + ".json")
         with open(path, "w") as f:
             json.dump(resources_dict, f)
         try:
-            self._run(["update", "--resources", path, id], _devnull_stdio())
+            self._run(["update", "--resources", path, id])
         finally:
             os.unlink(path)
 
@@ -253,11 +263,6 @@ def _devnull():
     if not _NULL:
         _NULL.append(os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC))
     return _NULL[0]
-
-
-def _devnull_stdio():
-    fd = _devnull()
-    return (fd, fd, fd)
 
 
 def _read_all(fd):
