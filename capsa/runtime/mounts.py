@@ -8,9 +8,9 @@ import posixpath
 
 from capsa.errors import ConfigError
 from capsa.syscalls.fs import (
-    MOUNT_ATTR__ATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODEV, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_NOEXEC,
-    MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW, MOUNT_ATTR_RDONLY, MOUNT_ATTR_RELATIME,
-    MOUNT_ATTR_STRICTATIME, MS_PRIVATE, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
+    MOUNT_ATTR__ATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODEV, MOUNT_ATTR_NODIRATIME,
+    MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW, MOUNT_ATTR_RDONLY,
+    MOUNT_ATTR_RELATIME, MOUNT_ATTR_STRICTATIME, MS_PRIVATE, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
 
 # Per-mount attributes, applied with mount_setattr(2) to the top mount (or fsmount(2) attr flags):
 # option -> (attrs to set, attrs to clear). The atime family is one 3-bit field: setting any value
@@ -148,7 +148,7 @@ def _is_bind(mount, options):
 
 
 def build_mount(mount, index, bundle_dir):
-    """One spec mount as a plan step: {"op": "bind"|"fs", ...}; raises ConfigError naming the field."""
+    """One spec mount as a plan step {"op": "bind"|"fs", ...}; ConfigError names the field."""
     field = "mounts[%d]" % index
     if not isinstance(mount, dict):
         raise ConfigError("must be an object with destination, type, source, options", field=field)
@@ -190,7 +190,8 @@ def build_mount(mount, index, bundle_dir):
                     recursive=opts["recursive"])
         return step
     if not fstype or fstype == "none":
-        raise ConfigError("a mount that is not a bind needs a filesystem type", field=field + ".type",
+        raise ConfigError("a mount that is not a bind needs a filesystem type",
+                          field=field + ".type",
                           hint='set "type" (e.g. tmpfs), or add "bind" or "rbind" to options')
     if opts["tmpcopyup"] and fstype != "tmpfs":
         raise ConfigError("tmpcopyup works only with type tmpfs", field=field + ".options")
@@ -275,7 +276,8 @@ def build_cgroup_steps(step, facts, has_cgroupns):
         name = posixpath.basename(layout["v2"].rstrip("/"))
         steps.append(_cgroup_bind(field, paths["unified"], posixpath.join(dest, name), sub_attrs))
     if readonly:
-        steps.append({"op": "setattr", "field": field, "dest": dest, "attrs": [MOUNT_ATTR_RDONLY, 0]})
+        steps.append({"op": "setattr", "field": field, "dest": dest,
+                      "attrs": [MOUNT_ATTR_RDONLY, 0]})
     return steps
 
 
@@ -362,7 +364,8 @@ def build_rootfs_plan(spec, bundle_dir, facts):
         raise ConfigError("must be an object", field="linux")
     propagation = linux.get("rootfsPropagation") or "rprivate"
     if propagation not in PROPAGATION_OPTIONS:
-        raise ConfigError("unknown propagation %r" % (propagation,), field="linux.rootfsPropagation",
+        raise ConfigError("unknown propagation %r" % (propagation,),
+                          field="linux.rootfsPropagation",
                           hint="use one of: " + ", ".join(sorted(PROPAGATION_OPTIONS)))
     namespaces = linux.get("namespaces") or []
     types = [ns.get("type") for ns in namespaces if isinstance(ns, dict)]
@@ -399,4 +402,5 @@ def build_rootfs_plan(spec, bundle_dir, facts):
     return {"rootfs": rootfs, "readonly": readonly,
             "propagation": list(PROPAGATION_OPTIONS[propagation]),
             "no_pivot": bool(facts.get("no_pivot")), "steps": steps,
-            "masked": _paths(linux, "maskedPaths"), "readonly_paths": _paths(linux, "readonlyPaths")}
+            "masked": _paths(linux, "maskedPaths"),
+            "readonly_paths": _paths(linux, "readonlyPaths")}

@@ -9,7 +9,8 @@ import os
 import stat
 
 from capsa.errors import KernelError
-from capsa.syscalls.fs import RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS
+from capsa.syscalls.fs import (RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS,
+                               RESOLVE_NO_SYMLINKS)
 
 IN_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 _MAX_LINKS = 40  # the kernel's own limit on symlinks in one lookup (ELOOP)

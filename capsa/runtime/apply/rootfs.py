@@ -10,14 +10,15 @@ import os
 import stat
 
 from capsa.errors import ContainerError, KernelError
-from capsa.runtime.apply.paths import is_dir_fd, make_in_root, open_in_root, split_path
+from capsa.runtime.apply.paths import (is_dir_fd, make_in_root, open_in_root, split_path,
+                                        try_open_in_root)
 from capsa.runtime.mounts import PROC_MOUNTS_ALLOWED
 from capsa.syscalls.fs import (
     AT_EMPTY_PATH, AT_FDCWD, AT_RECURSIVE, FSCONFIG_CMD_CREATE, FSCONFIG_SET_FLAG,
     FSCONFIG_SET_STRING, MNT_DETACH, MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
-    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH, MS_BIND, MS_MOVE,
-    MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
-    PROC_SUPER_MAGIC)
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH,
+    MS_BIND, MS_MOVE, MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE, PROC_SUPER_MAGIC)
 
 _EMPTY = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
 _MASK_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
@@ -118,7 +119,8 @@ def _check_proc(kernel, step, mount_fd, target):
         if kernel.fstatfs_type(mount_fd) != PROC_SUPER_MAGIC:
             raise ContainerError("%s is not a proc filesystem" % step.get("source"),
                                  field=step["field"] + ".source", hint="mount type proc on /proc")
-    elif kernel.fstatfs_type(target) == PROC_SUPER_MAGIC and step["dest"] not in PROC_MOUNTS_ALLOWED:
+    elif step["dest"] not in PROC_MOUNTS_ALLOWED and \
+            kernel.fstatfs_type(target) == PROC_SUPER_MAGIC:
         raise ContainerError("%s resolves into procfs: mounts there are refused" % step["dest"],
                              field=step["field"] + ".destination")
 
@@ -126,7 +128,8 @@ def _check_proc(kernel, step, mount_fd, target):
 def _check_strict(kernel, root_fd, step):
     # proc and sysfs only on a real directory: no symlink anywhere on the way (CVE-2019-19921).
     try:
-        fd = open_in_root(kernel, root_fd, step["dest"], os.O_PATH | os.O_DIRECTORY, no_symlinks=True)
+        fd = open_in_root(kernel, root_fd, step["dest"], os.O_PATH | os.O_DIRECTORY,
+                          no_symlinks=True)
     except KernelError as err:
         raise ContainerError("%s must be a real directory in the rootfs, not a symlink (%s)" % (
             step["dest"], err.message), field=step["field"] + ".destination")
@@ -359,18 +362,10 @@ def apply_pivot(kernel, plan):
             try:
                 kernel.mount_setattr(root_fd, "", AT_EMPTY_PATH, MOUNT_ATTR_RDONLY, 0)
             except KernelError as err:
-                raise ContainerError("cannot make / read-only: " + err.message, field="root.readonly")
+                raise ContainerError("cannot make / read-only: " + err.message,
+                                     field="root.readonly")
     finally:
         kernel.close(root_fd)
-
-
-def _open_existing(kernel, root_fd, path):
-    try:
-        return open_in_root(kernel, root_fd, path)
-    except KernelError as err:
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            return None
-        raise
 
 
 def open_dev_null(kernel, root_fd):
@@ -386,17 +381,18 @@ def open_dev_null(kernel, root_fd):
     if not stat.S_ISCHR(info.st_mode) or (os.major(info.st_rdev), os.minor(info.st_rdev)) != (1, 3):
         kernel.close(fd)
         raise ContainerError("/dev/null in the container is not the null device (char 1:3)",
-                             field="linux.maskedPaths", hint="do not replace /dev/null in the image")
+                             field="linux.maskedPaths",
+                             hint="do not replace /dev/null in the image")
     return fd
 
 
 def apply_masks(kernel, root_fd, masked):
-    """Hide each existing path: files under /dev/null, directories under an empty read-only tmpfs."""
+    """Hide each existing path: files under /dev/null, directories under a read-only tmpfs."""
     null_fd = None
     try:
         for index, path in enumerate(masked):
             field = "linux.maskedPaths[%d]" % index
-            target = _open_existing(kernel, root_fd, path)
+            target = try_open_in_root(kernel, root_fd, path)
             if target is None:
                 continue
             try:
@@ -421,7 +417,7 @@ def apply_masks(kernel, root_fd, masked):
 
 
 def _make_readonly(kernel, root_fd, path):
-    target = _open_existing(kernel, root_fd, path)
+    target = try_open_in_root(kernel, root_fd, path)
     if target is None:
         return
     try:
