@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from capsa.errors import CapsaError
-from capsa.runtime.apply.rootfs import apply_idmapped_sources, apply_mounts, apply_pivot
+from capsa.runtime.apply.rootfs import (apply_console, apply_idmapped_sources, apply_mounts,
+                                        apply_pivot)
 from capsa.runtime.mounts import build_rootfs_plan
 from capsa.runtime.specgen import build_default_spec
 from capsa.syscalls.kernel import Kernel
@@ -82,7 +83,7 @@ def host_facts(**extra):
 
 
 def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, before_pivot=None,
-                     id_map="0 0 1\n", kernel_class=Kernel):
+                     id_map="0 0 1\n", kernel_class=Kernel, after_pivot=None):
     """(exit status, combined output) of `sh -c script` inside the container; with
     CLONE_NEWUSER the test process writes `id_map` as the child's uid and gid maps."""
     facts = facts or host_facts()
@@ -113,6 +114,8 @@ def run_in_container(bundle_dir, spec, script, facts=None, flags=CLONE_NEWNS, be
             if before_pivot:
                 before_pivot(kernel, plan)
             apply_pivot(kernel, plan)
+            if after_pivot:
+                after_pivot(kernel)
             os.execve("/bin/busybox", ["sh", "-c", script], {"PATH": "/bin"})
         except CapsaError as err:
             os.write(2, ("SETUP: " + err.line() + "\n").encode())
@@ -444,3 +447,17 @@ def test_destination_swapped_for_a_symlink_after_lookup_changes_nothing(bundle, 
     assert code == 0, out
     assert mount_line(out, "/vol/moved") and not mount_line(out, str(outside))
     assert os.listdir(outside) == []
+
+
+def test_console_is_the_pty_slave_of_the_container_devpts(bundle):
+    def open_console(kernel):
+        master, slave = os.openpty()  # from /dev/ptmx -> pts/ptmx: the container's devpts
+        apply_console(kernel, os.ttyname(slave))
+
+    code, out = run_in_container(bundle, make_spec(), "stat -c '%t:%T %F' /dev/console; "
+                                 "cat /proc/self/mountinfo", after_pivot=open_console)
+    assert code == 0, out
+    assert out.startswith("88:0 character special file\n"), out  # major 136 = 0x88
+    console = mount_line(out, "/dev/console")
+    # "/0//deleted" once exec closed the (close-on-exec) master: the pty is gone, the bind stays.
+    assert console and " - devpts " in console and console.split()[3].startswith("/0")
