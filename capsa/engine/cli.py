@@ -81,7 +81,8 @@ def build_usage():
              "Commands:"]
     for name in sorted(COMMANDS):
         lines.append("  %-10s %s" % (name, COMMANDS[name][2]))
-    lines.append("  %-10s %s" % ("image", "image ls|pull|push|rm|inspect|prune|import|load|save|tag"))
+    lines.append("  %-10s %s" % ("image",
+                                 "image ls|pull|push|rm|inspect|prune|import|load|save|tag"))
     lines.append("  %-10s %s" % ("container", "container ls|run|... (the commands above)"))
     return "\n".join(lines) + "\n"
 

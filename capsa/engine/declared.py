@@ -155,8 +155,8 @@ def build_checked_config(raw, path):
         for value, number in raw.get(key, []):
             src, sep, dest = value.partition(":")
             if not sep or not src or not dest.startswith("/"):
-                raise ConfigError("invalid mount " + repr(value), field="%s line %d" % (path, number),
-                                  hint="write SOURCE:/DEST")
+                raise ConfigError("invalid mount " + repr(value),
+                                  field="%s line %d" % (path, number), hint="write SOURCE:/DEST")
             out["mounts"].append({"source": src, "target": dest, "readonly": key == "mount_ro",
                                   "line": number})
     for key in ("iops_limit", "io_bw_limit"):
@@ -414,7 +414,8 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
             raise ConfigError("host program " + init[1:] + " does not exist",
                               field="configs/" + name + (" SHELL" if shell else " init"))
         facts = {"id": id, "rootfs": rootfs, "mounts": mounts, "cap_last": read_cap_last(),
-                 "host_caps": read_host_caps(), "devices": read_device_numbers(["/dev/fuse", "/dev/kvm"]),
+                 "host_caps": read_host_caps(),
+                 "devices": read_device_numbers(["/dev/fuse", "/dev/kvm"]),
                  "image_config": image_config}
         spec = build_declared_spec(cfg, name, facts, shell, keep_env)
         os.mkdir(os.path.join(container_dir, "bundle"), 0o700)
@@ -425,7 +426,8 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
             "runtime": cfg.get("runtime") or "", "tty": bool(shell), "interactive": bool(shell),
             "rm": True, "restart": cfg["restart"], "stop_signal": 15, "stop_timeout": 10,
             "network": cfg.get("network", "host"), "publish": cfg["publish"], "labels": {},
-            "anon_volumes": [], "volume_mounts": [], "declared": True, "args": spec["process"]["args"],
+            "anon_volumes": [], "volume_mounts": [], "declared": True,
+            "args": spec["process"]["args"],
             "log_path": os.path.join(home, "logs", name), "log_format": "raw",
             "pid_path": os.path.join(home, "pids", name), "time_ns": "time" in cfg["namespaces"],
         }

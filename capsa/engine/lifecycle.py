@@ -434,7 +434,9 @@ def cmd_ps(ctx, argv):
             ctx.stdout.write(build_go_template(fmt, r) + "\n")
         return 0
     from capsa.engine.output import write_table
-    cut = (lambda s, n: s) if opts["no_trunc"] else (lambda s, n: s if len(s) <= n else s[:n - 1] + "…")
+    def cut(text, n):
+        return text if opts["no_trunc"] or len(text) <= n else text[:n - 1] + "…"
+
     write_table(ctx, ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
                 [[r["Id"] if opts["no_trunc"] else r["Id"][:12], cut(r["Image"], 30),
                   '"' + cut(r["Command"], 20) + '"', _created_age(r["Created"], now), r["Status"],
@@ -809,7 +811,8 @@ def cmd_stats(ctx, argv):
         else:
             from capsa.engine.output import write_table
             write_table(ctx, ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS"],
-                        [[x["ID"], x["Name"], "--" if x["CPUPerc"] is None else "%.2f%%" % x["CPUPerc"],
+                        [[x["ID"], x["Name"],
+                          "--" if x["CPUPerc"] is None else "%.2f%%" % x["CPUPerc"],
                           _mib(x["MemUsage"]) + " / " + _mib(x["MemLimit"]),
                           "--" if x["PIDs"] is None else x["PIDs"]] for x in rows])
         ctx.stdout.flush()

@@ -50,8 +50,8 @@ def parse_options(argv, table, command, interspersed=False, max_positionals=None
                 if eq:
                     value = value.lower()
                     if value not in ("true", "false", "1", "0"):
-                        raise UsageError("flag " + name + " takes true or false, not " + repr(value),
-                                         field=command)
+                        raise UsageError("flag " + name + " takes true or false, not "
+                                         + repr(value), field=command)
                     opts[key] = value in ("true", "1")
                 else:
                     opts[key] = True

@@ -29,7 +29,8 @@ def read_timestamp(text):
     import calendar
     try:
         base, _, frac = text.rstrip("Z").partition(".")
-        return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+        whole = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+        return whole + float("0." + (frac or "0"))
     except ValueError:
         return None
 

@@ -105,8 +105,8 @@ def build_restart(text):
     retries = 0
     if sep:
         if name != "on-failure" or not count.isdigit():
-            raise UsageError("only on-failure takes a retry count (on-failure:3), not " + repr(text),
-                             field="--restart")
+            raise UsageError("only on-failure takes a retry count (on-failure:3), not "
+                             + repr(text), field="--restart")
         retries = int(count)
     return {"name": name, "max_retries": retries}
 
@@ -233,7 +233,8 @@ def build_mount_flag(text):
     if kind not in ("bind", "volume", "tmpfs"):
         raise UsageError("unknown mount type " + repr(kind), field="--mount",
                          hint="use type=bind, type=volume or type=tmpfs")
-    target = fields.pop("target", None) or fields.pop("destination", None) or fields.pop("dst", None)
+    target = fields.pop("target", None) or fields.pop("destination", None) or \
+        fields.pop("dst", None)
     source = fields.pop("source", None) or fields.pop("src", None) or ""
     if not target or not target.startswith("/"):
         raise UsageError("--mount needs an absolute target=PATH in " + repr(text), field="--mount")

@@ -117,7 +117,8 @@ class InProcessRuntime:
             from capsa.runtime import api
         except ImportError:
             raise UsageError("capsa.runtime.api is not available in this build",
-                             field="--runtime", hint="use --runtime runc or capsa-runtime") from None
+                             field="--runtime",
+                             hint="use --runtime runc or capsa-runtime") from None
         return api
 
     def create(self, id, bundle, pid_file, console_socket=None, stdio=None):

@@ -116,8 +116,9 @@ def build_user(user_text, passwd_text, group_text):
                 uid, gid, username = _int(row[2]), _int(row[3]), name
                 break
         if uid is None:
-            raise ConfigError("unable to find user " + name + ": no matching entries in passwd file",
-                              field="--user", hint="use a numeric uid or a user of the image")
+            raise ConfigError("unable to find user " + name + ": no matching entries in passwd "
+                              "file", field="--user",
+                              hint="use a numeric uid or a user of the image")
     if group:
         if group.isdigit():
             gid = int(group)
@@ -210,7 +211,8 @@ def build_resources(res, devices_allow, device_numbers):
         for item in res.get(key, []):
             dev = device_numbers.get(item["path"])
             if dev is None:
-                raise UsageError("no such device " + item["path"], field="--" + key.replace("_", "-"),
+                raise UsageError("no such device " + item["path"],
+                                 field="--" + key.replace("_", "-"),
                                  hint="give a block device path that exists on the host")
             blkio.setdefault(name, []).append(
                 {"major": dev["major"], "minor": dev["minor"], "rate": item["rate"]})

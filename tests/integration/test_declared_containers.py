@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.test_engine_support import REPO, Engine, make_fixtures
+from tests.integration.test_engine_support import REPO, Engine, make_fixtures, runtimes_under_test
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
 
@@ -26,9 +26,9 @@ def home(tmp_path):
     return path
 
 
-@pytest.fixture
-def eng(tmp_path, home):
-    engine = Engine(tmp_path, "runc", home=str(home))
+@pytest.fixture(params=runtimes_under_test())
+def eng(request, tmp_path, home):
+    engine = Engine(tmp_path, request.param, home=str(home))
     yield engine
     for name in os.listdir(home / "configs"):
         engine.run("kill", name)

@@ -177,11 +177,13 @@ def test_docker_seccomp_profile_conversion():
                      "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
         "syscalls": [
             {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
-            {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+            {"names": ["mount"], "action": "SCMP_ACT_ALLOW",
+             "includes": {"caps": ["CAP_SYS_ADMIN"]}},
             {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
              "excludes": {"caps": ["CAP_SYS_ADMIN"]},
              "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]},
-            {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["arm64"]}},
+            {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW",
+             "includes": {"arches": ["arm64"]}},
         ]}
     out = specbuild.build_docker_seccomp(profile, ["CAP_CHOWN"])
     assert out["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
