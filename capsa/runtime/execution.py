@@ -6,11 +6,10 @@ container and gets the same security treatment as its init (unless the process s
     fork ───────────────────────────────► seal imports, dumpable=0
                                           setns(pidfd, all namespaces)
                                           fork (pid/time ns) ─────────► (process)
-          ◄───────────── init-pid {pid}   exit
-    join the cgroup ─ cgroup-ok ───────────────────────────────────────►
-                                                                        console, cwd check,
-          ◄──────────────────────────────────────── console / seccomp-fd   rlimits, identity,
-    forward them                                                        security, execve
+          ◄───────────── init-pid {pid}   exit                          console, cwd check,
+    join the process to the cgroup ─ cgroup-ok ────────────────────────► rlimits (meanwhile)
+          ◄──────────────────────────────────────── console / seccomp-fd   identity, security,
+    forward them                                                        execve
           ◄───────────── eof (execve closed the channel) or error
     write --pid-file; with --detach exit, else wait and return its status
 Must not import command modules.
@@ -132,10 +131,17 @@ def exec_process(ctx, kernel, container_id, opts, args):
         if pid != child:
             os.waitpid(child, 0)
         cgroup = record.get("cgroup")
-        if cgroup:
-            from capsa.runtime.cgroups.manager import apply_cgroup_join
-            apply_cgroup_join(kernel, cgroup, pid)
-        sync.send(parent_end, "cgroup-ok")
+        try:
+            if cgroup:
+                # the process prepares meanwhile and waits for cgroup-ok before its identity
+                # switch and exec (see launch.py on the cost of the first cgroup.procs write)
+                from capsa.runtime.cgroups.manager import apply_cgroup_join
+                apply_cgroup_join(kernel, cgroup, pid)
+            sync.send(parent_end, "cgroup-ok")
+        except (CapsaError, OSError):
+            from capsa.runtime.launch import _raise_child_error
+            _raise_child_error(parent_end)
+            raise
         master = _serve(parent_end, opts, record)
     except BaseException:
         if pid:
@@ -219,13 +225,13 @@ def _child(kernel, plan, sock, pidfd):
 def _process(kernel, plan, sock):
     from capsa.runtime.apply import identity, process, security, tty
     proc = plan["process"]
-    sync.expect(sock, "cgroup-ok")
     process.apply_rlimits(kernel, proc)
     if proc["terminal"]:
         tty.apply_exec_console(kernel, proc, sock)
     process.apply_cwd(kernel, proc["cwd"])
     executable = process.find_executable(proc["args"][0], proc["env"])
     process.check_interpreters(kernel, executable)
+    sync.expect(sock, "cgroup-ok")
     security.apply_before_identity(kernel, plan["security"])
     identity.apply_identity(kernel, proc)
 

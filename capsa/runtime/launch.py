@@ -10,10 +10,9 @@ os.fork(); a second fork only when a new or joined PID or time namespace needs o
     write uid_map, gid_map ─ maps-ok ─────►  become ns root
                                             join by path, unshare the rest, time offsets
                                             fork (pid/time ns) ───────────────────────► (init)
-          ◄──────────── init-pid {pid}      exit
-    join init into cgroup ─ cgroup-ok ────────────────────────────────────────────────►
-                                                                      unshare cgroup ns, host
-                                                                      identity, rlimits, mounts
+          ◄──────────── init-pid {pid}      exit                      host identity, rlimits,
+    join init into cgroup (~10 ms)                                    mounts (meanwhile)
+          ───────────── cgroup-ok ────────────────────────────────────► unshare cgroup ns
           ◄─────────────────────────────────────────────────────────── create-hooks
     prestart, createRuntime hooks ─ hooks-done ───────────────────────────────────────►
                                                                       createContainer hooks,
@@ -213,10 +212,18 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
     init_pid = payload["pid"]
     if init_pid != child:
         os.waitpid(child, 0)
-    apply_cgroup_join(kernel, plan["cgroup"], init_pid)
+    # The first cgroup.procs write waits out an RCU grace period (~10 ms on this host); the
+    # init sets up its mounts meanwhile and waits for cgroup-ok only before anything of the
+    # user's can run (hooks, exec) and before it unshares its cgroup namespace.
+    try:
+        apply_cgroup_join(kernel, plan["cgroup"], init_pid)
+        sync.send(sock, "cgroup-ok")
+    except (CapsaError, OSError):
+        # the init may have failed (and said why) while we were writing cgroup.procs
+        _raise_child_error(sock)
+        raise
     if plan.get("pidfd_socket"):
         _send_pidfd(plan["pidfd_socket"], init_pid)
-    sync.send(sock, "cgroup-ok")
     sync.expect(sock, "create-hooks")
     record["pid"] = init_pid
     oci_state = states.build_oci_state(record, "creating")
@@ -257,6 +264,18 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
         if kind == "eof":
             raise ContainerError("container process exited during setup")
         raise ContainerError("protocol error: unexpected %r" % kind)
+
+
+def _raise_child_error(sock):
+    """If the child already reported why it died, that is the error to show."""
+    import select
+    if select.select([sock], [], [], 0)[0]:
+        kind, payload, fds = sync.receive(sock)
+        for fd in fds:
+            os.close(fd)
+        if kind == "error":
+            raise ContainerError(payload.get("message", "container setup failed"),
+                                 field=payload.get("field"), hint=payload.get("hint"))
 
 
 def _send_pidfd(path, pid):
@@ -319,11 +338,9 @@ def _child_namespaces(kernel, plan, sock):
 def _init_main(kernel, plan, sock, fifo_dir):
     from capsa.runtime.apply import hooks, identity, namespaces, process, rootfs, security, tty
     kernel.set_name("capsa:init")
-    sync.expect(sock, "cgroup-ok")
-    if "cgroup" in plan["namespaces"]["join"]:
-        namespaces.apply_join(kernel, plan["namespaces"]["join"], ("cgroup",))
-    if "cgroup" in plan["namespaces"]["new"]:
-        namespaces.apply_unshare(kernel, ("cgroup",))
+    early = plan["rootfs_needs_cgroupns"]
+    if early:
+        _enter_cgroup(kernel, plan, sock, namespaces)
     proc = plan["process"]
     namespaces.apply_host_identity(kernel, plan["hostname"], plan["domainname"])
     if plan.get("new_keyring"):
@@ -334,6 +351,8 @@ def _init_main(kernel, plan, sock, fifo_dir):
     kernel.close(proc_self)
     process.apply_personality(kernel, plan["personality"])
     rootfs.apply_mounts(kernel, plan["rootfs"])
+    if not early:
+        _enter_cgroup(kernel, plan, sock, namespaces)
     sync.send(sock, "create-hooks")
     sync.expect(sock, "hooks-done")
     state = {"ociVersion": plan["oci_version"], "id": plan["id"], "status": "creating",
@@ -372,6 +391,16 @@ def _join_keyring(kernel, container_id):
     except KernelError as err:
         if err.errno not in (38, 1, 13):  # ENOSYS, or keyctl filtered/denied on this host
             raise
+
+
+def _enter_cgroup(kernel, plan, sock, namespaces):
+    """Wait until the launcher has moved us into the container's cgroups, then enter (or make)
+    the cgroup namespace, whose root is thereby the container's cgroup."""
+    sync.expect(sock, "cgroup-ok")
+    if "cgroup" in plan["namespaces"]["join"]:
+        namespaces.apply_join(kernel, plan["namespaces"]["join"], ("cgroup",))
+    if "cgroup" in plan["namespaces"]["new"]:
+        namespaces.apply_unshare(kernel, ("cgroup",))
 
 
 def _open_proc_self(kernel):

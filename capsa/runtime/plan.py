@@ -67,15 +67,18 @@ def build_plan(spec, bundle, container_id, facts, options):
     rootfs = build_rootfs_plan(spec, bundle, facts)
     security = build_security_plan(spec, facts["security"])
     needs_fork = bool({"pid", "time"} & (set(new) | set(join)))
+    # a cgroupfs mounted fresh must see the container's cgroup namespace as its root
+    cgroupfs_mounted = any(step.get("fstype") in ("cgroup", "cgroup2")
+                           for step in rootfs.get("steps", ()))
     return {
         "id": container_id,
         "bundle": bundle,
-        "rootfs_path": rootfs.get("root") or os.path.join(bundle, (spec.get("root") or {}).get(
-            "path", "rootfs")),
+        "rootfs_path": rootfs["rootfs"],
         "oci_version": version,
         "namespaces": {"new": new, "join": join},
         "userns": userns,
         "needs_fork": needs_fork,
+        "rootfs_needs_cgroupns": cgroupfs_mounted and ("cgroup" in new or "cgroup" in join),
         "hostname": hostname,
         "domainname": domainname,
         "sysctl": specs.build_sysctl(linux, new),
