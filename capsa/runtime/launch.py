@@ -296,6 +296,9 @@ def _child_main(kernel, plan, sock, fifo_dir):
         _seal_imports()
         kernel.prctl(PR_SET_DUMPABLE, 0)
         kernel.set_name("capsa:child")
+        from capsa.runtime.apply.rootfs import apply_idmapped_sources
+        # idmapped binds need privilege over the source's namespace: made before the user ns
+        prepared = apply_idmapped_sources(kernel, plan["rootfs"])
         _child_namespaces(kernel, plan, sock)
         if plan["needs_fork"]:
             init = os.fork()
@@ -304,7 +307,7 @@ def _child_main(kernel, plan, sock, fifo_dir):
                 os._exit(0)
         else:
             sync.send(sock, "init-pid", {"pid": os.getpid()})
-        _init_main(kernel, plan, sock, fifo_dir)
+        _init_main(kernel, plan, sock, fifo_dir, prepared)
     except CapsaError as err:
         _send_error(sock, err.message, err.field, err.hint)
     except BaseException as err:  # report as data: no traceback crosses into the container
@@ -335,7 +338,7 @@ def _child_namespaces(kernel, plan, sock):
     apply_time_offsets(kernel, plan["time_offsets"])
 
 
-def _init_main(kernel, plan, sock, fifo_dir):
+def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
     from capsa.runtime.apply import hooks, identity, namespaces, process, rootfs, security, tty
     kernel.set_name("capsa:init")
     early = plan["rootfs_needs_cgroupns"]
@@ -350,7 +353,7 @@ def _init_main(kernel, plan, sock, fifo_dir):
     process.apply_process_attributes(kernel, proc, proc_self)
     kernel.close(proc_self)
     process.apply_personality(kernel, plan["personality"])
-    rootfs.apply_mounts(kernel, plan["rootfs"])
+    rootfs.apply_mounts(kernel, plan["rootfs"], prepared)
     if not early:
         _enter_cgroup(kernel, plan, sock, namespaces)
     sync.send(sock, "create-hooks")
