@@ -13,6 +13,8 @@ cleanup() {
     set +e
     [ -n "${PODMAN_IDLE:-}" ] && podman rm -f "$PODMAN_IDLE" >/dev/null 2>&1
     [ -n "${CAPSA_IDLE:-}" ] && $CAPSA rm -f "$CAPSA_IDLE" >/dev/null 2>&1
+    # podman's overlay driver bind-mounts its overlay folder onto itself
+    mountpoint -q "$T/podman/storage/overlay" && umount "$T/podman/storage/overlay"
     rm -rf "$T"
 }
 # the installed launcher runs Debian's interpreter isolated (#!/usr/bin/python3 -I -S)
@@ -54,12 +56,16 @@ $CAPSA run --rm busybox true
 echo "== run --rm busybox true ($RUNS runs, warmup 3)"
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$T/run.json" \
     -n capsa "$CAPSA run --rm busybox true" \
+    -n capsa-inprocess "$CAPSA --runtime inprocess run --rm busybox true" \
     -n podman "podman run --rm --network none localhost/busybox true"
 python3 - "$T/run.json" <<'EOF'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-c, p = r["capsa"]["median"], r["podman"]["median"]
-print("median capsa %.1f ms, podman %.1f ms, ratio capsa/podman %.2f" % (c * 1e3, p * 1e3, c / p))
+p = r["podman"]["median"]
+for name in ("capsa", "capsa-inprocess"):
+    c = r[name]["median"]
+    print("median %s %.1f ms, podman %.1f ms, ratio %s/podman %.2f" % (name, c * 1e3, p * 1e3,
+                                                                      name, c / p))
 EOF
 
 echo "== idle detached container: host memory of its supervisor"
