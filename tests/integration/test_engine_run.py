@@ -160,6 +160,14 @@ def test_security_opts(eng, rootfs, tmp_path):
                   "grep Seccomp: /proc/self/status; mkdir /tmp/d && echo made", check=None)
     assert "Seccomp:\t2" in proc.stdout and "made" not in proc.stdout
     run_in(eng, rootfs, "--security-opt", "bogus=1", "true", check=125)
+    # LSM options reach the runtime; on a host without SELinux/AppArmor it refuses in one line
+    for opt, lsm in (("label=type:spc_t", "/sys/fs/selinux/enforce"),
+                     ("apparmor=capsa-test-missing", "/sys/kernel/security/apparmor")):
+        proc = run_in(eng, rootfs, "--security-opt", opt, "true", check=None)
+        if not os.path.exists(lsm):
+            assert proc.returncode == 125 and len(proc.stderr.strip().splitlines()) == 1
+    assert run_in(eng, rootfs, "--security-opt", "label=disable", "--security-opt",
+                  "apparmor=unconfined", "echo", "ok").stdout == "ok\n"
 
 
 def test_init_is_pid_one(eng, rootfs):
