@@ -55,7 +55,9 @@ def build_plan(spec, bundle, container_id, facts, options):
     if options.get("console_socket") and not process["terminal"]:
         raise ConfigError("--console-socket was given but process.terminal is false",
                           field="process.terminal", hint="set terminal to true, or drop the flag")
-    annotations = spec.get("annotations") or {}
+    annotations = spec.get("annotations")
+    if annotations is None:
+        annotations = {}
     if not isinstance(annotations, dict):
         raise ConfigError("must be an object of strings", field="annotations")
 

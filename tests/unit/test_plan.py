@@ -1,0 +1,82 @@
+"""build_plan: the whole container as pure data, from a spec and host facts (no host access)."""
+import json
+
+import pytest
+
+from capsa.errors import ConfigError
+from capsa.runtime.plan import build_plan
+from capsa.runtime.specgen import build_default_spec
+
+LAYOUT = {"mode": "hybrid",
+          "v1": {"cpu": "/sys/fs/cgroup/cpu", "memory": "/sys/fs/cgroup/memory",
+                 "pids": "/sys/fs/cgroup/pids", "devices": "/sys/fs/cgroup/devices",
+                 "freezer": "/sys/fs/cgroup/freezer"},
+          "v2": "/sys/fs/cgroup/unified", "v2_controllers": ["hugetlb"],
+          "own": {"cpu": "/sys/fs/cgroup/cpu", "memory": "/sys/fs/cgroup/memory",
+                  "pids": "/sys/fs/cgroup/pids", "devices": "/sys/fs/cgroup/devices",
+                  "freezer": "/sys/fs/cgroup/freezer", "unified": "/sys/fs/cgroup/unified"}}
+FACTS = {"cgroup_layout": LAYOUT, "security": {"cap_last_cap": 40, "lsms": [],
+                                               "seccomp_actions": None},
+         "systemd_cgroup": False}
+
+
+def _plan(mutate=None, options=None, args=("sh",)):
+    spec = build_default_spec(list(args), terminal=False)
+    if mutate:
+        mutate(spec)
+    return build_plan(spec, "/b", "c1", FACTS, options or {})
+
+
+def test_default_plan_is_json_and_complete():
+    plan = _plan()
+    assert json.loads(json.dumps(plan)) == plan
+    assert plan["namespaces"]["new"] == ["ipc", "uts", "network", "pid", "mount", "cgroup"]
+    assert plan["needs_fork"] and plan["userns"] is None
+    assert plan["rootfs_path"] == "/b/rootfs"
+    assert plan["process"]["args"] == ["sh"] and plan["new_keyring"]
+    assert plan["cgroup"]["paths"]["memory"].endswith("/c1")
+    assert plan["security"]["no_new_privileges"] is True
+    # hybrid host: the cgroup tree is binds of host dirs, so the cgroup ns can come after mounts
+    assert plan["rootfs_needs_cgroupns"] is False
+
+
+def test_no_pid_or_time_namespace_means_one_fork():
+    plan = _plan(lambda s: s["linux"]["namespaces"].remove({"type": "pid"}))
+    assert plan["needs_fork"] is False
+
+
+def test_user_namespace_maps_in_plan():
+    def mutate(spec):
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
+    plan = _plan(mutate)
+    assert plan["userns"] == {"uid_map": "0 1000 1\n", "gid_map": "0 1000 1\n"}
+    assert plan["namespaces"]["new"][0] == "user"
+
+
+@pytest.mark.parametrize("mutate, options, field", [
+    (lambda s: s.update(ociVersion="0.9"), {}, "ociVersion"),
+    (lambda s: s["process"].update(terminal=True), {}, "process.terminal"),
+    (None, {"console_socket": "/x.sock"}, "process.terminal"),
+    (lambda s: s["linux"]["namespaces"].remove({"type": "uts"}), {}, "hostname"),
+    (lambda s: s["linux"]["namespaces"].append({"type": "user"}), {}, "linux.uidMappings"),
+    (lambda s: s.update(annotations=[]), {}, "annotations"),
+    (lambda s: s.update(linux=[]), {}, "linux"),
+])
+def test_plan_errors_name_the_field(mutate, options, field):
+    with pytest.raises(ConfigError) as info:
+        _plan(mutate, options)
+    assert info.value.field == field
+
+
+def test_terminal_allowed_for_foreground_run():
+    plan = _plan(lambda s: s["process"].update(terminal=True), {"tty_ok": True})
+    assert plan["process"]["terminal"] and plan["console_socket"] is None
+
+
+def test_command_line_options_reach_the_plan():
+    plan = _plan(options={"preserve_fds": 2, "no_new_keyring": True, "pidfd_socket": "/p.sock",
+                          "no_pivot": True})
+    assert plan["preserve_fds"] == 2 and plan["new_keyring"] is False
+    assert plan["pidfd_socket"] == "/p.sock" and plan["rootfs"]["no_pivot"] is True
