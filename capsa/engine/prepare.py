@@ -205,7 +205,13 @@ def resolve_image(ctx, req, container_dir, dry_run=False):
         apply_default_image(ctx, store)
         image = store.resolve(req["image"])
     if dry_run:
-        return os.path.join(container_dir, "rootfs"), image.get("config") or {}, image
+        # nothing is mounted in a dry run: read users from (and plan against) the topmost layer
+        # that has /etc/passwd, else the bottom one
+        layers = list(image.get("layer_dirs") or [])
+        stand_in = next((d for d in reversed(layers)
+                         if os.path.isfile(os.path.join(d, "etc", "passwd"))),
+                        layers[0] if layers else os.path.join(container_dir, "rootfs"))
+        return stand_in, image.get("config") or {}, image
     from capsa.engine.images.rootfs import apply_container_rootfs
     rootfs = apply_container_rootfs(store, container_dir, req["image"], readonly=False)
     return rootfs, image.get("config") or {}, image
@@ -465,6 +471,9 @@ def build_dry_run(ctx, req, runtime):
     facts, _ = build_facts(ctx, req, id, rootfs, image_config, container_dir, dry_run=True)
     spec = specbuild.build_spec(req, image_config, facts, base=_base_spec())
     out = {"config": spec, "plan": None}
+    if req["image"]:
+        out["rootfs"] = "an overlay of the image's layers at %s/rootfs (not mounted in a dry run)" \
+            % container_dir
     try:
         from capsa.runtime.plan import build_plan, read_facts
         out["plan"] = build_plan(spec, container_dir, id, read_facts(), {"no_pivot": False})

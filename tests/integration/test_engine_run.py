@@ -196,7 +196,11 @@ def test_dry_run_touches_nothing(eng, rootfs):
     out = json.loads(eng.out("run", "--dry-run", "--rootfs", rootfs, "-m", "32m", "echo", "x"))
     assert out["config"]["process"]["args"] == ["echo", "x"]
     assert out["config"]["linux"]["resources"]["memory"]["limit"] == 32 << 20
-    assert "plan" in out
+    assert isinstance(out["plan"], dict), out["plan"]
+    assert "memory.limit_in_bytes" in json.dumps(out["plan"]["cgroup"])
+    image = json.loads(eng.out("run", "--dry-run", "-u", "user", "busybox", "id"))
+    assert image["config"]["process"]["user"]["uid"] == 1000
+    assert isinstance(image["plan"], dict)
     assert not os.path.exists(os.path.join(eng.root, "containers")) or \
         os.listdir(os.path.join(eng.root, "containers")) == []
 
