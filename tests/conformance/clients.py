@@ -16,10 +16,11 @@ IMAGE = "localhost/busybox:latest"
 
 # What a terminal looks like from inside, then a typed line. ctr sizes the console only after
 # the task started (on a 0x0 terminal busybox `stty size` prints nothing and exits 0): wait up
-# to 3 s for a size
+# to 3 s for a size. containerd's shim can drop a tty's last output when the process exits at
+# once (containerd#3738, #4107): linger 0.3 s before exiting.
 TTY_PROBE = 'echo TTY=$(tty); i=0; while [ -z "$(stty size 2>/dev/null)" ] && [ $i -lt 30 ]; ' \
             'do sleep 0.1; i=$((i+1)); done; echo SIZE=$(stty size); echo READY; read line; ' \
-            'echo GOT=$line; exit 3'
+            'echo GOT=$line; sleep 0.3; exit 3'
 
 
 def read_tty_probe(rc, output):
