@@ -9,6 +9,7 @@ import os
 import select
 
 from capsa.errors import ContainerError
+from capsa.runtime.apply.process import build_env_dict
 
 
 def apply_hooks(kind, hooks, state, warn=None):
@@ -30,7 +31,7 @@ def apply_hooks(kind, hooks, state, warn=None):
 def _run_one(hook, data, field):
     read_end, write_end = os.pipe()
     try:
-        pid = os.posix_spawn(hook["path"], hook["args"], _env(hook["env"]),
+        pid = os.posix_spawn(hook["path"], hook["args"], build_env_dict(hook["env"]),
                              file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)])
     except OSError as exc:
         os.close(read_end)
@@ -65,10 +66,3 @@ def _wait(pid, timeout):
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
-
-def _env(env):
-    result = {}
-    for item in env:
-        key, _, value = item.partition("=")
-        result[key] = value
-    return result

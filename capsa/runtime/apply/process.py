@@ -149,10 +149,11 @@ def apply_fd_sweep(kernel, preserve_fds):
 
 
 def apply_exec(kernel, path, process):
-    kernel.execve(path, process["args"], _env_dict(process["env"]))
+    kernel.execve(path, process["args"], build_env_dict(process["env"]))
 
 
-def _env_dict(env):
+def build_env_dict(env):
+    """OCI "NAME=value" strings -> a mapping for execve (a later NAME wins, as in a shell)."""
     result = {}
     for item in env:
         key, _, value = item.partition("=")
