@@ -253,7 +253,11 @@ def apply_stop(ctx, store, record, timeout=None, signal=None):
         except CapsaError:
             pass
     try:
-        runtime.kill(id, sig if timeout > 0 else 9)
+        if timeout > 0:
+            runtime.kill(id, sig)
+        else:
+            # every process of the cgroup: without a pid namespace killing init is not enough
+            runtime.kill(id, 9, all=True)
     except CapsaError:
         pass
     if not _wait_exited(store, record, float(timeout)):

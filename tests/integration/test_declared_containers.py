@@ -239,3 +239,32 @@ def test_start_all_restarts_per_policy(eng, home, rootfs):
     out, err = sup.communicate(timeout=30)
     assert out.split() == ["flaky"], err
     assert log_of(home, "flaky") == "run\nrun\nrun\n"
+
+
+def test_kill_reaches_every_process_without_a_pid_namespace(eng, home, rootfs):
+    declare(home, "nopid", "root=%s\ninit=/bin/sh\nnamespaces=none\n"
+                           "command=-c 'sleep 61 & echo $! > /tmp/child; exec sleep 62'\n" % rootfs)
+    eng.out("start", "nopid")
+    eng.wait_for(lambda: (home / "pids" / "nopid").exists(), what="pid file")
+    init = int((home / "pids" / "nopid").read_text())
+
+    def child():
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        if f.read() == b"sleep\x0061\x00":
+                            return int(pid)
+                except OSError:
+                    pass
+        return None
+    other = eng.wait_for(child, what="the background child")
+    eng.out("kill", "nopid")
+
+    def gone(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().split(") ")[1][0] == "Z"
+        except OSError:
+            return True
+    eng.wait_for(lambda: gone(init) and gone(other), what="both processes killed")
