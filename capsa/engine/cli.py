@@ -154,6 +154,11 @@ def main(argv=None, ctx=None):
             ctx.stdout.write(build_usage())
             return 0 if settings.get("help") else 2
         module_name, function, name, rest = build_command(rest)
+        if rest[:1] in (["-h"], ["--help"]) and name in COMMANDS and \
+                module_name in ("capsa.engine.lifecycle", "capsa.engine.declared") and \
+                name not in ("run", "create", "start"):
+            ctx.stdout.write("Usage: capsa %s ...\n\n%s\n" % (name, COMMANDS[name][2]))
+            return 0
         import importlib
         try:
             module = importlib.import_module(module_name)

@@ -124,6 +124,10 @@ def run_cli(argv, tmp_path):
 def test_cli_table_and_errors(tmp_path):
     code, out, _ = run_cli(["--help"], tmp_path)
     assert code == 0 and "run" in out and "start-all" in out
+    code, out, _ = run_cli(["ps", "--help"], tmp_path)
+    assert code == 0 and out.startswith("Usage: capsa ps")
+    code, out, _ = run_cli(["run", "--help"], tmp_path)
+    assert code == 0 and "--memory-swap" in out
     code, _, err = run_cli(["frobnicate"], tmp_path)
     assert code == 125 and "unknown command" in err
     code, _, err = run_cli(["ps", "--bogus"], tmp_path)
