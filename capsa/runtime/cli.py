@@ -294,7 +294,12 @@ def main(argv=None):
                              hint="usage: capsa-runtime %s [options] %s" % (name, COMMANDS[name][1]))
         if high is not None and len(args) > high:
             raise UsageError("%s: unexpected argument %r" % (name, args[high]))
-        module = __import__("capsa.runtime.commands." + module_name, fromlist=["run"])
+        try:
+            module = __import__("capsa.runtime.commands." + module_name, fromlist=["run"])
+        except ModuleNotFoundError as exc:
+            if exc.name != "capsa.runtime.commands." + module_name:
+                raise
+            raise UsageError("command %r is not available in this build" % name)
         status = module.run(ctx, cmd_opts, args)
         sys.stdout.flush()
         return status or 0
