@@ -397,7 +397,7 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
     id = store.new_id()
     store.reserve(id, name)
     container_dir = store.path(id)
-    released = [False]
+    made = {"volumes": [], "network": False}
     try:
         mounts = read_checked_mounts(cfg, warn or (lambda m: None))
         image_config = {}
@@ -413,10 +413,22 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
         if init and init.startswith("@") and not os.path.isfile(init[1:]):
             raise ConfigError("host program " + init[1:] + " does not exist",
                               field="configs/" + name + (" SHELL" if shell else " init"))
-        facts = {"id": id, "rootfs": rootfs, "mounts": mounts, "cap_last": read_cap_last(),
-                 "host_caps": read_host_caps(),
+        volumes, volume_records = apply_declared_volumes(ctx, cfg, name, made)
+        facts = {"id": id, "rootfs": rootfs, "mounts": mounts + volumes,
+                 "cap_last": read_cap_last(), "host_caps": read_host_caps(),
                  "devices": read_device_numbers(["/dev/fuse", "/dev/kvm"]),
                  "image_config": image_config}
+        network = cfg.get("network", "host")
+        if network not in ("host", "none"):
+            from capsa.engine.network.manager import NetworkManager
+            made["network"] = True
+            result = NetworkManager(os.path.join(ctx.store_root, "network")).attach(
+                id, name, network, {"publish": cfg["publish"], "hostname": name})
+            facts["netns"] = result.get("netns")
+            for dest, key in (("/etc/hosts", "hosts"), ("/etc/resolv.conf", "resolv")):
+                if result.get(key):
+                    facts["mounts"].append({"source": result[key], "target": dest,
+                                            "readonly": False})
         spec = build_declared_spec(cfg, name, facts, shell, keep_env)
         os.mkdir(os.path.join(container_dir, "bundle"), 0o700)
         write_json_atomic(os.path.join(container_dir, "bundle", "config.json"), spec)
@@ -426,7 +438,8 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
             "runtime": cfg.get("runtime") or "", "tty": bool(shell), "interactive": bool(shell),
             "rm": True, "restart": cfg["restart"], "stop_signal": 15, "stop_timeout": 10,
             "network": cfg.get("network", "host"), "publish": cfg["publish"], "labels": {},
-            "anon_volumes": [], "volume_mounts": [], "declared": True,
+            "anon_volumes": [v for v, _, anon in made["volumes"] if anon],
+            "volume_mounts": volume_records, "declared": True,
             "args": spec["process"]["args"],
             "log_path": os.path.join(home, "logs", name), "log_format": "raw",
             "pid_path": os.path.join(home, "pids", name), "time_ns": "time" in cfg["namespaces"],
@@ -434,10 +447,37 @@ def apply_prepare_declared(ctx, home, name, cfg, shell=None, keep_env=None, warn
         store.save(record)
         return record
     except BaseException:
-        if not released[0]:
-            from capsa.engine.lifecycle import apply_remove_files
-            apply_remove_files(store, {"id": id, "name": name})
+        from capsa.engine.prepare import apply_undo_prepare
+        apply_undo_prepare(ctx, store, id, name, made)
         raise
+
+
+def apply_declared_volumes(ctx, cfg, name, made):
+    """`volume=` keys (docker -v syntax): binds must exist, named volumes are made on first use.
+    Returns (mounts for build_declared_spec, records of the named ones)."""
+    from capsa.engine.runflags import build_volume_flag
+    from capsa.engine.volumes import VolumeStore
+    vols = VolumeStore(ctx.store_root)
+    mounts, records = [], []
+    for text in cfg.get("volumes", []):
+        try:
+            item = build_volume_flag(text)
+        except CapsaError as err:
+            raise ConfigError(err.message, field="configs/" + name + " volume",
+                              hint=err.hint) from None
+        if item["kind"] == "bind":
+            if not os.path.exists(item["source"]):
+                raise ConfigError("volume source " + item["source"] + " does not exist",
+                                  field="configs/" + name + " volume")
+            source = os.path.realpath(item["source"])
+        else:
+            vol, created = vols.ensure(item["source"] or None)
+            made["volumes"].append((vol, created, not item["source"]))
+            records.append(item)
+            source = vols.data_path(vol)
+        mounts.append({"source": source, "target": item["target"],
+                       "readonly": item["readonly"]})
+    return mounts, records
 
 
 def _replace_previous(ctx, store, name):

@@ -275,11 +275,10 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
     id = store.new_id()
     store.reserve(id, req["name"])
     container_dir = store.path(id)
-    made = {"rootfs": False, "volumes": [], "network": False}
+    made = {"volumes": [], "network": False}
     try:
         rootfs, image_config, image = _timed(trace, "rootfs", resolve_image, ctx, req,
                                              container_dir)
-        made["rootfs"] = True
         facts, volumes_made = build_facts(ctx, req, id, rootfs, image_config, container_dir)
         made["volumes"] = volumes_made
         if req["network"] not in ("none", "host"):
@@ -350,18 +349,12 @@ def apply_undo_prepare(ctx, store, id, name, made):
             NetworkManager(os.path.join(ctx.store_root, "network")).detach(id)
         except CapsaError:
             pass
-    if made.get("rootfs"):
-        try:
-            from capsa.engine.images.rootfs import apply_release_rootfs
-            apply_release_rootfs(container_dir)
-        except (ImportError, CapsaError):
-            pass
-    else:
-        try:
-            from capsa.engine.images.rootfs import apply_release_rootfs
-            apply_release_rootfs(container_dir)
-        except (ImportError, CapsaError):
-            pass
+    try:
+        # idempotent, and a no-op when no rootfs step was recorded
+        from capsa.engine.images.rootfs import apply_release_rootfs
+        apply_release_rootfs(container_dir)
+    except (ImportError, CapsaError):
+        pass
     from capsa.engine.volumes import VolumeStore
     vols = VolumeStore(ctx.store_root)
     for vol, created, _ in made.get("volumes", []):

@@ -268,3 +268,16 @@ def test_kill_reaches_every_process_without_a_pid_namespace(eng, home, rootfs):
         except OSError:
             return True
     eng.wait_for(lambda: gone(init) and gone(other), what="both processes killed")
+
+
+def test_capsa_keys_image_command_env_volume(eng, home, tmp_path):
+    shared = tmp_path / "vol"
+    shared.mkdir()
+    declare(home, "img", "image=busybox\nnetwork=none\nenv=GREETING=hello\n"
+                         "volume=%s:/shared\n"
+                         "command=sh -c 'echo $GREETING from $(hostname) > /shared/out; "
+                         "tail -n +3 /proc/net/dev | cut -d: -f1'\n" % shared)
+    eng.run("start", "-d", "img", check=0)
+    assert (shared / "out").read_text() == "hello from img\n"
+    assert log_of(home, "img").split() == ["lo"]
+    assert eng.out("ps", "-aq") == ""
