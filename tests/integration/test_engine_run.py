@@ -64,6 +64,11 @@ def test_bind_volumes_rw_and_ro(eng, rootfs, tmp_path):
     proc = run_in(eng, rootfs, "--mount", "type=bind,source=%s,target=/m,readonly" % host,
                   "cat", "/m/in.txt")
     assert proc.stdout == "from-host\n"
+    proc = run_in(eng, rootfs, "--mount", "type=volume,source=mvol,target=/mv",
+                  "--mount", "type=tmpfs,target=/mt,tmpfs-size=2m", "sh", "-c",
+                  "echo v > /mv/f; grep ' /mt ' /proc/mounts")
+    assert "tmpfs /mt tmpfs" in proc.stdout and "size=2048k" in proc.stdout
+    assert run_in(eng, rootfs, "-v", "mvol:/again", "cat", "/again/f").stdout == "v\n"
 
 
 def test_named_volume_persists_and_rm_v(eng, rootfs):
@@ -112,6 +117,12 @@ def test_block_io_throttles(eng, rootfs):
     out = cgroup_read(eng, rootfs, ["--device-write-iops", disk + ":100"],
                       "/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device")
     assert out == dev + " 100"
+    out = cgroup_read(eng, rootfs, ["--device-write-bps", disk + ":2mb"],
+                      "/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+    assert out == dev + " 2097152"
+    out = cgroup_read(eng, rootfs, ["--device-read-iops", disk + ":77"],
+                      "/sys/fs/cgroup/blkio/blkio.throttle.read_iops_device")
+    assert out == dev + " 77"
 
 
 def test_ulimits(eng, rootfs):
