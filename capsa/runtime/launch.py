@@ -40,7 +40,7 @@ O_PATH = 0o10000000
 
 # Modules the child may touch after it has entered the container: imported before fork,
 # because an import after pivot_root would load code from the container (see _seal_imports).
-_PRELOAD = ("fcntl", "select", "capsa.runtime.apply.hooks", "capsa.runtime.apply.identity",
+_PRELOAD = ("_signal", "fcntl", "select", "capsa.runtime.apply.hooks", "capsa.runtime.apply.identity",
             "capsa.runtime.apply.namespaces", "capsa.runtime.apply.process",
             "capsa.runtime.apply.rootfs", "capsa.runtime.apply.security", "capsa.runtime.apply.tty")
 

@@ -366,5 +366,19 @@ def test_foreground_terminal_without_console_socket(rt):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     lines = result.stdout.replace("\r", "").split()
     assert result.returncode == 5
-    assert lines[0].startswith("/dev/pts/") and lines[1:3] == ["40", "132"]
+    assert lines[0].startswith("/dev/pts/") and lines[1:3] == ["40", "132"], repr(result.stdout)
     rt.ids.append("ttyrun")
+
+
+def test_process_starts_with_default_signal_dispositions(rt):
+    """Python ignores SIGPIPE/SIGXFSZ; an ignored signal survives execve, so the runtime must
+    reset them: the container's process shows no ignored and no blocked signal."""
+    result = rt.run(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], container_id="sigs")
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert values == {"SigBlk": "0000000000000000", "SigIgn": "0000000000000000"}
+    bundle = rt.bundle(["sh", "-c", "echo x; sleep 100"], name="b2")
+    assert rt("run", "-d", "--bundle", bundle, "sigs2").returncode == 0
+    rt.ids.append("sigs2")
+    execd = rt("exec", "sigs2", "grep", "-E", "^SigIgn", "/proc/self/status")
+    assert execd.stdout.split() == ["SigIgn:", "0000000000000000"], execd.stderr

@@ -149,7 +149,22 @@ def apply_fd_sweep(kernel, preserve_fds):
 
 
 def apply_exec(kernel, path, process):
+    apply_default_signals()
     kernel.execve(path, process["args"], build_env_dict(process["env"]))
+
+
+def apply_default_signals():
+    """Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve:
+    the container's process must start with every disposition at default and nothing blocked."""
+    import _signal
+    for signum in range(1, _signal.NSIG):
+        if signum in (9, 19, 32, 33):  # SIGKILL, SIGSTOP, and glibc's reserved real-time pair
+            continue
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
 def build_env_dict(env):
