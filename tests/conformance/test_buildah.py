@@ -58,7 +58,7 @@ def build(runtime, bd, runtimes, tmp):
                         "exit status 3" in failing.stderr]}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_buildah_build(observe, buildah, runtimes, tmp_path):
     """RUN steps see the image and earlier steps' files, ENV and WORKDIR; a failing RUN fails
     the build with the step's exit status."""

@@ -73,7 +73,7 @@ def run_rm(runtime, ctr):
             "left": {"echo": name in left, "missing": broken in left}}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_run_rm(observe, ctr):
     """ctr run --rm --runc-binary: output, exit status, a create failure naming the missing
     binary, and the containers are gone."""
@@ -89,7 +89,7 @@ def run_tty(runtime, ctr):
                                         cols=91))
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_run_tty(observe, ctr):
     """ctr run -t under a real pty: console socket, window size, input, exit status."""
     assert observe(run_tty, ctr) == {"rc": 3, "tty": "/dev/pts/N", "size": "33 91", "got": "typed"}
@@ -105,7 +105,7 @@ def exec_tty(runtime, ctr):
         return {"plain": [plain.returncode, plain.stdout], "tty": read_tty_probe(rc, output)}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_task_exec(observe, ctr):
     """ctr task exec (--cwd, --user, exit status) and ctr task exec -t under a real pty."""
     assert observe(exec_tty, ctr) == {
@@ -142,7 +142,7 @@ def kill_all(runtime, ctr):
                 "delete": re.findall(r"exit code (\d+)", deleted.stderr)}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_task_kill_all(observe, ctr):
     """ctr task kill -a -s KILL reaches every process; the task stops with status 137."""
     assert observe(kill_all, ctr) == {"status": "STOPPED", "alive": [], "delete": ["137"]}
@@ -156,7 +156,7 @@ def delete_force(runtime, ctr):
                 "alive": read_survivors(pids)}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_task_delete_force(observe, ctr):
     """ctr task delete --force of a running task: no task, no process left."""
     assert observe(delete_force, ctr) == {"rc": 0, "listed": False, "alive": []}

@@ -42,7 +42,7 @@ def run_rm(runtime, podman):
             check=False).returncode, "failing": [failing.returncode, failing.stdout, failing.stderr]}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_run_rm(observe, podman):
     assert observe(run_rm, podman) == {
         "echo": [0, "hi\n"], "exists_after": 1, "failing": [7, "out\n", "err\n"]}
@@ -64,7 +64,7 @@ def run_failures(runtime, podman):
     return seen
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_run_failures(observe, podman):
     """A process that cannot start: podman's exit code (from the runtime's error wording), one
     line naming the culprit, and nothing left (checked when the tier ends)."""
@@ -95,7 +95,7 @@ def stop_term_then_kill(runtime, podman):
     return seen
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_run_detached_logs_stop(observe, podman):
     """run -d + logs + stop: SIGTERM honoured at once; ignored, SIGKILL after the -t timeout."""
     assert observe(stop_term_then_kill, podman) == {
@@ -111,7 +111,7 @@ def run_interactive(runtime, podman):
     return read_tty_probe(rc, output)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_run_interactive_pty(observe, podman):
     """run -it under a real pty: a terminal inside, our window size, input reaches it, exit code."""
     assert observe(run_interactive, podman) == {
@@ -136,7 +136,7 @@ def exec_in(runtime, podman):
         pm("rm", "--force", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_exec(observe, podman):
     """exec: joins the container (its PID 1), exit code, --user/--workdir/--env, -i, and -it."""
     assert observe(exec_in, podman) == {
@@ -205,7 +205,7 @@ def kill_hup(runtime, podman):
         pm("rm", "--force", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_kill_hup(observe, podman):
     """kill -s HUP reaches PID 1's handler and the container keeps running."""
     assert observe(kill_hup, podman) == {"logs": "ready\ngot-HUP", "status": "running"}
@@ -221,7 +221,7 @@ def rm_force(runtime, podman):
             "survivors": read_survivors([pid])}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_rm_force(observe, podman):
     """rm -f of a running container that ignores SIGTERM: gone, and so is its process."""
     assert observe(rm_force, podman) == {"rc": 0, "exists": 1, "survivors": []}
@@ -240,7 +240,7 @@ def restart(runtime, podman):
         pm("rm", "--force", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_restart(observe, podman):
     assert observe(restart, podman) == {
         "logs": "ready\ngot-TERM\nready", "status": "running", "new_pid": True}
@@ -264,7 +264,7 @@ def limits(runtime, podman, tmp):
     return {"out": done.stdout.splitlines(), "file_owner": [st.st_uid, st.st_gid]}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_limits_volume_user_readonly(observe, podman, tmp_path):
     """--memory, --pids-limit, --read-only, -v and --user, as the container sees them."""
     assert observe(limits, podman, str(tmp_path)) == {
@@ -305,7 +305,7 @@ def caps_seccomp(runtime, podman, tmp):
             "rest": [line for line in out.splitlines() if ":\t" not in line]}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_cap_drop_seccomp(observe, podman, tmp_path):
     """--cap-drop removes exactly the named capabilities; a custom seccomp profile's errno holds."""
     seen = observe(caps_seccomp, podman, str(tmp_path))
@@ -335,7 +335,7 @@ def pod(runtime, podman):
         pm("pod", "rm", "--force", "--time", "1", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_pod(observe, podman):
     """Two containers of a pod share its infra container's network, ipc and uts namespaces."""
     assert observe(pod, podman) == {"hostname": [True, True], "same_net_ipc_uts": True,
