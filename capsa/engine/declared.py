@@ -335,17 +335,16 @@ def build_time_offsets(monotonic, boottime):
     return "monotonic -%d 0\nboottime -%d 0\n" % (int(monotonic), int(boottime))
 
 
-def apply_time_namespace():
+def apply_time_namespace(kernel):
     """Put this process's future children in a new time namespace whose uptime starts at zero;
     the runtime and the container are then born into it (works with any OCI runtime)."""
-    from capsa.syscalls.kernel import Kernel
     from capsa.syscalls.proc import CLONE_NEWTIME
-    Kernel().unshare(CLONE_NEWTIME)
+    kernel.unshare(CLONE_NEWTIME)
     text = build_time_offsets(time.clock_gettime(time.CLOCK_MONOTONIC),
                               time.clock_gettime(time.CLOCK_BOOTTIME))
-    # offsets must be written before the namespace has its first member (time_namespaces(7))
-    with open("/proc/self/timens_offsets", "w") as f:
-        f.write(text)
+    # offsets must be written before the namespace has its first member (time_namespaces(7));
+    # after unshare, /proc/self/timens_offsets is that of the children's namespace
+    kernel.write_file("/proc/self/timens_offsets", text)
 
 
 def read_checked_mounts(cfg, warn):

@@ -91,7 +91,7 @@ class Monitor:
     """One container's supervision; the methods run in the process that is its parent."""
 
     def __init__(self, store, record, runtime, foreground, tee_fds=None, stdin_fd=None,
-                 trace=None):
+                 trace=None, kernel=None):
         self.store = store
         self.record = record
         self.id = record["id"]
@@ -102,6 +102,7 @@ class Monitor:
         self.trace = trace
         self.log_fd = None
         self.pid = None
+        self.kernel = kernel
 
     def step(self, name, fn, *args):
         t0 = time.monotonic()
@@ -114,8 +115,11 @@ class Monitor:
     def run(self, notify=None):
         """Run until the container is finally done; returns its last exit code.
         `notify(error_or_None)` is called once, after the first start (or its failure)."""
-        from capsa.syscalls.kernel import Kernel
-        Kernel().prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if self.kernel is None:
+            from capsa.syscalls.kernel import Kernel
+            self.kernel = Kernel()
+        # the runtime's create exits and leaves the container's init to us (prctl(2))
+        self.kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
         count = self.store.state(self.id).get("restart_count", 0)
         code = 125
         first = True
@@ -214,7 +218,7 @@ class Monitor:
         try:
             if rec.get("time_ns"):
                 from capsa.engine.declared import apply_time_namespace
-                self.step("time namespace", apply_time_namespace)
+                self.step("time namespace", apply_time_namespace, self.kernel)
             try:
                 self.step("runtime create", self.runtime.create, self.id, bundle, pid_file,
                           console_path, stdio)

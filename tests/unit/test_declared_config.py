@@ -218,3 +218,16 @@ def test_names_are_file_names():
     for bad in ("", ".", "..", "a/b"):
         with pytest.raises(Exception):
             declared.check_name(bad)
+
+
+def test_time_namespace_through_the_kernel_seam():
+    from capsa.syscalls.fake import FakeKernel
+    from capsa.syscalls.proc import CLONE_NEWTIME
+    kernel = FakeKernel()
+    declared.apply_time_namespace(kernel)
+    assert kernel.names() == ["unshare", "write_file"]
+    assert kernel.calls_of("unshare") == [(CLONE_NEWTIME,)]
+    text = kernel.files["/proc/self/timens_offsets"].decode()
+    mono, boot = text.splitlines()
+    assert mono.startswith("monotonic -") and boot.startswith("boottime -")
+    assert int(boot.split()[1]) <= 0 and int(mono.split()[1]) <= 0

@@ -186,3 +186,79 @@ def test_rlimits_above_our_hard_limit_are_refused_early():
     assert exc.value.field == "--ulimit"
     check_rlimits(too_high, ["CAP_SYS_RESOURCE"])
     check_rlimits([{"type": "RLIMIT_NOFILE", "soft": 1, "hard": hard}], [])
+
+
+class FakeRuntime:
+    """Runs the 'container' as a plain child process (sh), so the monitor can be unit-tested
+    without root: create spawns it stopped behind a pipe, start releases it."""
+
+    name = "fake"
+
+    def __init__(self, script):
+        self.script = script
+        self.calls = []
+        self.gates = {}
+
+    def create(self, id, bundle, pid_file, console_socket=None, stdio=None):
+        import subprocess
+        self.calls.append("create")
+        r, w = os.pipe()
+        proc = subprocess.Popen(["/bin/sh", "-c", "read go; " + self.script], stdin=r,
+                                stdout=stdio[1], stderr=stdio[2], close_fds=True)
+        os.close(r)
+        self.gates[id] = w
+        with open(pid_file, "w") as f:
+            f.write(str(proc.pid))
+        proc.returncode = 0     # the monitor reaps it, not Popen
+
+    def start(self, id):
+        self.calls.append("start")
+        os.write(self.gates[id], b"go\n")
+        os.close(self.gates.pop(id))
+
+    def delete(self, id, force=False):
+        self.calls.append("delete")
+
+
+def monitor_for(tmp_path, script, **record):
+    from capsa.syscalls.fake import FakeKernel
+    store = ContainerStore(str(tmp_path))
+    id = "d" * 64
+    store.reserve(id, None)
+    os.mkdir(store.path(id, "bundle"))
+    rec = {"id": id, "name": None, "created": format_time(0), "restart": {"name": "no"}}
+    rec.update(record)
+    store.save(rec)
+    runtime = FakeRuntime(script)
+    kernel = FakeKernel()
+    return store, monitor.Monitor(store, rec, runtime, foreground=False, kernel=kernel), runtime
+
+
+def test_monitor_logs_output_and_records_exit(tmp_path):
+    store, mon, runtime = monitor_for(tmp_path, "echo out; echo err >&2; exit 3")
+    assert mon.run() == 3
+    assert runtime.calls == ["create", "start", "delete"]
+    assert mon.kernel.calls_of("prctl") == [(monitor.PR_SET_CHILD_SUBREAPER, 1)]
+    state = store.state(mon.id)
+    assert state["status"] == "exited" and state["exit_code"] == 3
+    with open(store.path(mon.id, "ctr.log"), "rb") as f:
+        records = monitor.read_log_records(f.read())
+    assert sorted((r[1], r[3]) for r in records) == [("stderr", b"err"), ("stdout", b"out")]
+
+
+def test_monitor_restarts_on_failure_then_removes_with_rm(tmp_path):
+    store, mon, runtime = monitor_for(tmp_path, "echo run; exit 1",
+                                      restart={"name": "on-failure", "max_retries": 2})
+    assert mon.run() == 1
+    assert runtime.calls.count("create") == 3
+    assert store.state(mon.id)["restart_count"] == 2
+    store, mon, runtime = monitor_for(tmp_path / "rm", "exit 0", rm=True)
+    assert mon.run() == 0
+    assert not os.path.exists(store.path(mon.id))
+
+
+def test_monitor_stop_request_prevents_restart(tmp_path):
+    store, mon, runtime = monitor_for(tmp_path, "exit 0", restart={"name": "always"})
+    open(store.path(mon.id, "stop-requested"), "w").close()
+    assert mon.run() == 0
+    assert runtime.calls.count("create") == 1
