@@ -112,17 +112,20 @@ class InProcessRuntime:
         self.root = root
         self.name = "capsa-inprocess"
 
-    def _api(self):
+    def _api(self, verb=None):
         try:
             from capsa.runtime import api
         except ImportError:
             raise UsageError("capsa.runtime.api is not available in this build",
                              field="--runtime",
                              hint="use --runtime runc or capsa-runtime") from None
+        if verb is not None and not hasattr(api, verb):
+            raise UsageError("the in-process runtime has no " + verb + " yet", field="--runtime",
+                             hint="use --runtime runc or capsa-runtime for this container")
         return api
 
     def create(self, id, bundle, pid_file, console_socket=None, stdio=None):
-        api = self._api()
+        api = self._api("create")
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         saved = _swap_stdio(stdio)
         try:
@@ -131,19 +134,19 @@ class InProcessRuntime:
             _restore_stdio(saved)
 
     def start(self, id):
-        self._api().start(self.root, id)
+        self._api("start").start(self.root, id)
 
     def state(self, id):
-        return self._api().state(self.root, id)
+        return self._api("state").state(self.root, id)
 
     def kill(self, id, signal, all=False):
-        self._api().kill(self.root, id, signal, all)
+        self._api("kill").kill(self.root, id, signal, all)
 
     def delete(self, id, force=False):
-        self._api().delete(self.root, id, force)
+        self._api("delete").delete(self.root, id, force)
 
     def exec(self, id, process_json_path, pid_file, detach=True, console_socket=None, stdio=None):
-        api = self._api()
+        api = self._api("exec")
         saved = _swap_stdio(stdio)
         try:
             return api.exec(self.root, id, process_json_path, pid_file, detach, console_socket)
@@ -151,13 +154,13 @@ class InProcessRuntime:
             _restore_stdio(saved)
 
     def pause(self, id):
-        self._api().pause(self.root, id)
+        self._api("pause").pause(self.root, id)
 
     def resume(self, id):
-        self._api().resume(self.root, id)
+        self._api("resume").resume(self.root, id)
 
     def update(self, id, resources_dict):
-        self._api().update(self.root, id, resources_dict)
+        self._api("update").update(self.root, id, resources_dict)
 
 
 def build_runtime(name, store_root):
