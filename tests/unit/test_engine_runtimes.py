@@ -1,6 +1,5 @@
 """The runtime interface: the exact runc command lines OciCliRuntime runs, how it reports a
 runtime's errors, and build_runtime's choices (a fake runtime script; no root)."""
-import json
 import os
 
 import pytest
