@@ -50,21 +50,21 @@ if [ -x "$pyenv_bin" ]; then "$pyenv_bin" rehash; fi
 # 3. Launchers: written whole to a temporary name, then renamed (never a half-written script).
 [ -x "$LAUNCH_PYTHON" ] || die "no $LAUNCH_PYTHON: apt-get install python3"
 write_launcher() {
-    local name=$1 module=$2 tmp
+    local name=$1 module=$2 function=$3 tmp
     tmp=$(mktemp "$BIN_DIR/.$name.XXXXXX")
     cat >"$tmp" <<EOF
 #!$LAUNCH_PYTHON -IS
 import sys
 sys.path.insert(0, "$REPO")
-from $module import main
-sys.exit(main())
+from $module import $function
+sys.exit($function())
 EOF
     chmod 0755 "$tmp"
     mv -f "$tmp" "$BIN_DIR/$name"
 }
 mkdir -p "$BIN_DIR"
-write_launcher capsa-runtime capsa.runtime.cli
-write_launcher capsa capsa.engine.cli
+write_launcher capsa-runtime capsa.runtime.cli entry
+write_launcher capsa capsa.engine.cli main
 
 # 4. The embedded default image, rebuilt in place (atomically) so it follows busybox upgrades.
 mkdir -p -m 0755 "$(dirname "$ROOTFS")"

@@ -319,5 +319,12 @@ def _report(ctx, line, code):
 
 
 def entry():
-    """Console entry point: exit with the command's status."""
-    sys.exit(main())
+    """The launcher's entry point: run, flush, and leave without interpreter finalization
+    (tearing down ~70 modules costs ~3 ms; every file capsa writes is closed by then)."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(status)

@@ -62,6 +62,30 @@ def _preload():
         __import__(name)
 
 
+def start_cgroup_warmup():
+    """Fork a throwaway process that moves itself into the cgroup it is already in.
+
+    Any cgroup.procs write takes the global cgroup_threadgroup_rwsem for writing, and the first
+    one in a while waits out an RCU grace period (~10-15 ms here); later writes within the next
+    grace period do not. Started while the launcher imports and plans, it makes the init's real
+    join cheap (measured: 14.5 ms -> 1.4 ms median). The move is a no-op of our own process;
+    any failure (rootless, no cgroupfs) only costs the speed-up."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:
+        try:
+            from capsa.runtime.cgroups.layout import read_layout
+            for path in (read_layout().get("own") or {}).values():
+                fd = os.open(path + "/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                os.write(fd, b"0")
+                break
+        except BaseException:
+            pass
+        os._exit(0)
+
+
 def _now_rfc3339():
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%09dZ" % int(now % 1 * 1e9)

@@ -19,7 +19,8 @@ def prepare(ctx, opts, container_id):
 
 
 def run(ctx, opts, args):
-    from capsa.runtime.launch import create_container
+    from capsa.runtime.launch import create_container, start_cgroup_warmup
+    start_cgroup_warmup()
     from capsa.syscalls.kernel import Kernel
     bundle, plan, spec = prepare(ctx, opts, args[0])
     create_container(ctx, Kernel(), args[0], bundle, plan, spec, pid_file=opts.get("pid_file"))

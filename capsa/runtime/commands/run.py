@@ -7,7 +7,8 @@ FORWARDED = (1, 2, 3, 10, 12, 15, 28)
 
 def run(ctx, opts, args):
     from capsa.runtime.commands.create import prepare
-    from capsa.runtime.launch import create_container
+    from capsa.runtime.launch import create_container, start_cgroup_warmup
+    start_cgroup_warmup()
     from capsa.runtime import lifecycle
     from capsa.syscalls.kernel import Kernel
     container_id = args[0]
