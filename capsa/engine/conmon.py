@@ -158,7 +158,7 @@ def apply_cleanup(ctx, store, record, exit_code=None):
     with a lock, so the exit command and a `capsa stop` that found conmon dead do it once."""
     import fcntl
     from capsa.engine.lifecycle import _runtime_for, apply_remove_files
-    from capsa.engine.monitor import build_restart_decision
+    from capsa.engine.monitor import apply_restart_delay, build_restart_decision
     id = record["id"]
     try:
         lock = os.open(store.path(id, "cleanup.lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
@@ -184,8 +184,7 @@ def apply_cleanup(ctx, store, record, exit_code=None):
         if build_restart_decision(record.get("restart", {}), exit_code, count, stop):
             store.set_state(id, status="restarting", exit_code=exit_code, pid=None,
                             restart_count=count + 1, finished_at=format_time(time.time()))
-            time.sleep(min(0.1 * (2 ** min(count, 8)), 10.0))
-            if not os.path.exists(store.path(id, "stop-requested")):
+            if apply_restart_delay(store, id, min(0.1 * (2 ** min(count, 8)), 10.0)):
                 failure = apply_conmon_start(store, record, runtime, record.get("runtime_arg"))
                 if failure is None:
                     return

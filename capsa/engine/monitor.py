@@ -63,6 +63,19 @@ def read_log_tail(path):
     return lines[-1].decode(errors="replace").strip()[-300:] if lines else None
 
 
+def apply_restart_delay(store, id, delay):
+    """Docker's restart backoff, cut short by a stop (or removal) of the container: True when
+    the container should still be restarted."""
+    deadline = time.monotonic() + delay
+    while True:
+        if os.path.exists(store.path(id, "stop-requested")) or not os.path.isdir(store.path(id)):
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.05))
+
+
 def build_restart_decision(policy, exit_code, restart_count, stop_requested):
     """Docker's restart policies: no | always | unless-stopped | on-failure[:max]."""
     if stop_requested:
@@ -157,8 +170,7 @@ class Monitor:
             count += 1
             delay = min(0.1 * (2 ** min(count - 1, 8)), 10.0)
             self.store.set_state(self.id, status="restarting", restart_count=count)
-            time.sleep(delay)
-            if os.path.exists(self.store.path(self.id, "stop-requested")):
+            if not apply_restart_delay(self.store, self.id, delay):
                 self.store.set_state(self.id, status="exited")
                 break
         self.finish()

@@ -262,3 +262,15 @@ def test_monitor_stop_request_prevents_restart(tmp_path):
     open(store.path(mon.id, "stop-requested"), "w").close()
     assert mon.run() == 0
     assert runtime.calls.count("create") == 1
+
+
+def test_restart_delay_cut_short_by_stop(tmp_path):
+    import time
+    store = ContainerStore(str(tmp_path))
+    id = "e" * 64
+    store.reserve(id, None)
+    assert monitor.apply_restart_delay(store, id, 0.05) is True
+    open(store.path(id, "stop-requested"), "w").close()
+    t0 = time.monotonic()
+    assert monitor.apply_restart_delay(store, id, 5.0) is False
+    assert time.monotonic() - t0 < 1
