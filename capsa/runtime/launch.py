@@ -286,7 +286,8 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
             raise ContainerError(payload.get("message", "container setup failed"),
                                  field=payload.get("field"), hint=payload.get("hint"))
         if kind == "eof":
-            raise ContainerError("container process exited during setup")
+            raise ContainerError("the container's process died during setup",
+                                 hint="a memory or pids limit too small for start-up shows so")
         raise ContainerError("protocol error: unexpected %r" % kind)
 
 

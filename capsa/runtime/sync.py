@@ -34,7 +34,10 @@ def send(sock, kind, payload=None, fds=()):
 
 def receive(sock):
     """-> (kind, payload, fds). An empty read means the peer died before saying anything."""
-    data, ancillary, _, _ = sock.recvmsg(_MAX, _socket.CMSG_SPACE(16 * 4))
+    try:
+        data, ancillary, _, _ = sock.recvmsg(_MAX, _socket.CMSG_SPACE(16 * 4))
+    except ConnectionResetError:  # the peer was killed (e.g. by the OOM killer) mid-message
+        return "eof", None, []
     fds = []
     for level, kind, blob in ancillary:
         if level == SOL_SOCKET and kind == SCM_RIGHTS:
@@ -55,7 +58,8 @@ def expect(sock, wanted):
         raise ContainerError(payload.get("message", "container setup failed"),
                              field=payload.get("field"), hint=payload.get("hint"))
     if kind == "eof":
-        raise ContainerError("container process exited during setup (waiting for %s)" % wanted)
+        raise ContainerError("the container's process died during setup (waiting for %s)" % wanted,
+                             hint="a memory or pids limit too small for start-up shows so")
     raise ContainerError("protocol error: got %r while waiting for %r" % (kind, wanted))
 
 

@@ -382,3 +382,19 @@ def test_process_starts_with_default_signal_dispositions(rt):
     rt.ids.append("sigs2")
     execd = rt("exec", "sigs2", "grep", "-E", "^SigIgn", "/proc/self/status")
     assert execd.stdout.split() == ["SigIgn:", "0000000000000000"], execd.stderr
+
+
+def test_tiny_memory_limit_starts_or_fails_in_one_line(rt):
+    """The runtime charges almost nothing to the container (mounts happen before the cgroup
+    join): busybox starts under a 512 KiB limit, where runc needs 3 MiB here; far below that,
+    the OOM kill during setup is one clear line and nothing is left behind."""
+    def limit(kib):
+        return lambda spec: spec["linux"].setdefault("resources", {}).update(
+            memory={"limit": kib * 1024})
+    small = rt.run(["echo", "ok"], mutate=limit(512), name="small", container_id="mem512")
+    assert (small.returncode, small.stdout) == (0, "ok\n"), small.stderr
+    tiny = rt.run(["echo", "ok"], mutate=limit(64), name="tiny", container_id="mem64")
+    if tiny.returncode != 0:
+        assert tiny.stderr.count("\n") == 1 and "Traceback" not in tiny.stderr
+        assert "died during setup" in tiny.stderr
+    assert rt("list", "-q").stdout == ""
