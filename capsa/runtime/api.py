@@ -66,3 +66,32 @@ def list_states(root):
         except StateError:
             continue
     return result
+
+
+def exec(root, container_id, process_json_path, pid_file=None, detach=True, console_socket=None,
+         preserve_fds=0):
+    """Run the process described by an OCI process JSON file in the container; returns its pid
+    file's pid's exit status when not detached, else 0."""
+    from capsa.runtime.execution import exec_process
+    from capsa.runtime.launch import start_cgroup_warmup
+    from capsa.syscalls.kernel import Kernel
+    start_cgroup_warmup()
+    opts = {"process": process_json_path, "pid_file": pid_file, "detach": detach,
+            "console_socket": console_socket, "preserve_fds": preserve_fds}
+    return exec_process(_Context(root), Kernel(), container_id, opts, [container_id])
+
+
+def pause(root, container_id):
+    from capsa.runtime.cgroups.operations import apply_pause
+    apply_pause(root, container_id, True)
+
+
+def resume(root, container_id):
+    from capsa.runtime.cgroups.operations import apply_pause
+    apply_pause(root, container_id, False)
+
+
+def update(root, container_id, resources):
+    """Apply an OCI linux.resources dict to a live container."""
+    from capsa.runtime.cgroups.operations import apply_container_update
+    return apply_container_update(root, container_id, resources)
