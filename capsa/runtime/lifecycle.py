@@ -119,12 +119,13 @@ def send_signal(record, signal):
     try:
         if states.read_start_time(pid) != record.get("pid_start"):
             raise StateError("container %s is not running" % record["id"])
-        import ctypes
-        from capsa.syscalls.libc import syscall
-        if syscall("pidfd_send_signal", pidfd, signal, None, 0) < 0:
-            errno = ctypes.get_errno()
-            raise ContainerError("cannot signal container %s: %s" % (record["id"],
-                                                                       os.strerror(errno)))
+        import _signal  # the builtin half of `signal`, without its enum import
+        try:
+            _signal.pidfd_send_signal(pidfd, signal)
+        except ProcessLookupError:
+            raise StateError("container %s is not running" % record["id"])
+        except OSError as exc:
+            raise ContainerError("cannot signal container %s: %s" % (record["id"], exc.strerror))
     finally:
         os.close(pidfd)
 
