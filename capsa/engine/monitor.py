@@ -490,8 +490,15 @@ def apply_detached_monitor(store, record, runtime, timeout=60.0):
             os._exit(code)
     os.close(w)
     os.waitpid(pid, 0)
+    import select
     chunks = []
+    deadline = time.monotonic() + timeout
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([r], [], [], left)[0]:
+            os.close(r)
+            return {"error": "the container did not start within %d seconds (see capsa logs)"
+                    % timeout, "code": 125}
         data = os.read(r, 4096)
         if not data:
             break

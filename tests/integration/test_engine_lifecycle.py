@@ -8,12 +8,25 @@ import time
 
 import pytest
 
-from tests.integration.test_engine_support import make_fixtures
+from tests.integration.test_engine_support import Engine, make_fixtures, runtimes_under_test
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, cgroups)")
 
 
-base_rootfs, rootfs, eng = make_fixtures()
+base_rootfs, rootfs, _eng = make_fixtures()
+
+
+@pytest.fixture(params=[(r, m) for r in runtimes_under_test() for m in ("conmon", "python")],
+                ids=lambda p: p[0] + "-" + p[1])
+def eng(request, tmp_path):
+    """Every lifecycle scenario under conmon and under capsa's own monitor."""
+    from capsa.engine.runtimes import find_binary
+    runtime, monitor = request.param
+    if monitor == "conmon" and find_binary("conmon") is None:
+        pytest.skip("conmon is not installed on this host")
+    engine = Engine(tmp_path, runtime, monitor=monitor)
+    yield engine
+    engine.cleanup()
 
 
 def status(eng, ref):

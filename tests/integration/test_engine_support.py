@@ -22,8 +22,10 @@ def runtimes_under_test():
 
 
 class Engine:
-    def __init__(self, tmp, runtime="runc", home=None):
+    def __init__(self, tmp, runtime="runc", home=None, monitor=None):
         self.tmp = str(tmp)
+        # CAPSA_MONITOR=python: detached containers under capsa's own monitor instead of conmon
+        self.monitor = monitor
         self.root = os.path.join(self.tmp, "store")
         self.runtime = runtime
         self.home = home or os.path.join(self.tmp, "home")
@@ -32,8 +34,14 @@ class Engine:
         return [sys.executable, "-m", "capsa.engine.cli", "--root", self.root, "--runtime",
                 self.runtime, "--home", self.home] + [str(a) for a in args]
 
-    def run(self, *args, input=None, timeout=60, check=None):
+    def env(self):
         env = dict(os.environ, PYTHONPATH=REPO)
+        if self.monitor:
+            env["CAPSA_MONITOR"] = self.monitor
+        return env
+
+    def run(self, *args, input=None, timeout=60, check=None):
+        env = self.env()
         proc = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True,
                               timeout=timeout, cwd=REPO, env=env,
                               stdin=None if input is not None else subprocess.DEVNULL)
@@ -46,7 +54,7 @@ class Engine:
         return proc.stdout
 
     def popen(self, *args, **kw):
-        env = dict(os.environ, PYTHONPATH=REPO)
+        env = self.env()
         return subprocess.Popen(self.argv(*args), cwd=REPO, env=env, **kw)
 
     def state(self, ref):
