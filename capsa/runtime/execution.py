@@ -78,6 +78,32 @@ def build_exec_process(record, opts, args):
     return process
 
 
+def build_exec_cgroup(plan, specs):
+    """runc's exec --cgroup: `path` (every controller) or `ctrl[,ctrl]:path`, a sub-cgroup of
+    the container's that must already exist and may not climb out of it."""
+    if not specs:
+        return plan
+    import posixpath
+    paths = dict(plan["paths"])
+    for text in specs:
+        controllers, _, sub = text.rpartition(":")
+        clean = posixpath.normpath("/" + sub).lstrip("/")
+        if not clean or ".." in sub.split("/"):
+            raise UsageError("invalid --cgroup %r: want a path below the container's cgroup" % text)
+        names = controllers.split(",") if controllers else list(paths)
+        for name in names:
+            key = "unified" if name in ("", "unified") and "unified" in paths else name
+            if key not in paths:
+                raise UsageError("invalid --cgroup %r: the container has no %s cgroup" %
+                                 (text, name))
+            target = posixpath.join(plan["paths"][key], clean)
+            if not os.path.isdir(target):
+                raise UsageError("--cgroup %r: %s does not exist" % (text, target),
+                                 hint="create the sub-cgroup first")
+            paths[key] = target
+    return dict(plan, paths=paths)
+
+
 def exec_process(ctx, kernel, container_id, opts, args):
     """Run the exec choreography; returns the exit status (foreground) or 0 (detached)."""
     from capsa.runtime.spec import NAMESPACES, build_process
@@ -131,6 +157,8 @@ def exec_process(ctx, kernel, container_id, opts, args):
         if pid != child:
             os.waitpid(child, 0)
         cgroup = record.get("cgroup")
+        if cgroup:
+            cgroup = build_exec_cgroup(cgroup, opts.get("cgroup"))
         try:
             if cgroup:
                 # the process prepares meanwhile and waits for cgroup-ok before its identity

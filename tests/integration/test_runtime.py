@@ -399,3 +399,25 @@ def test_tiny_memory_limit_starts_or_fails_in_one_line(rt):
         assert tiny.stderr.count("\n") == 1 and "Traceback" not in tiny.stderr
         assert "died during setup" in tiny.stderr
     assert rt("list", "-q").stdout == ""
+
+
+def test_exec_into_a_sub_cgroup(rt):
+    bundle = rt.bundle(["sleep", "100"])
+    assert rt("run", "-d", "--bundle", bundle, "subcg").returncode == 0
+    rt.ids.append("subcg")
+    record = json.loads((rt.root / "subcg" / "state.json").read_text())
+    pids_dir = record["cgroup"]["paths"]["pids"]
+    os.mkdir(os.path.join(pids_dir, "sub"))
+    try:
+        result = rt("exec", "--cgroup", "pids:sub", "subcg", "cat", "/proc/self/cgroup")
+        assert result.returncode == 0, result.stderr
+        line = [l for l in result.stdout.splitlines() if ":pids:" in l][0]
+        assert line.endswith("/sub")
+        bad = rt("exec", "--cgroup", "pids:../../escape", "subcg", "true")
+        assert bad.returncode != 0 and "below the container's cgroup" in bad.stderr
+        missing = rt("exec", "--cgroup", "memory:nope", "subcg", "true")
+        assert missing.returncode != 0 and "does not exist" in missing.stderr
+    finally:
+        rt("delete", "--force", "subcg")
+        if os.path.isdir(os.path.join(pids_dir, "sub")):
+            os.rmdir(os.path.join(pids_dir, "sub"))
