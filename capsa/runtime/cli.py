@@ -272,6 +272,8 @@ def main(argv=None):
         ctx = Context(opts)
         if ctx.log_format not in ("text", "json"):
             raise UsageError("invalid --log-format %r: use text or json" % ctx.log_format)
+        if ctx.rootless not in ("true", "false", "auto"):
+            raise UsageError("invalid --rootless %r: use true, false or auto" % ctx.rootless)
         if opts.get("version"):
             sys.stdout.write(build_version())
             return 0

@@ -156,6 +156,9 @@ def exec_process(ctx, kernel, container_id, opts, args):
         pid = payload["pid"]
         if pid != child:
             os.waitpid(child, 0)
+        if opts.get("pidfd_socket"):
+            from capsa.runtime.launch import _send_pidfd
+            _send_pidfd(opts["pidfd_socket"], pid)
         cgroup = record.get("cgroup")
         if cgroup:
             cgroup = build_exec_cgroup(cgroup, opts.get("cgroup"))

@@ -121,8 +121,15 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         os.chmod(fifo, 0o622)
         fifo_dir = os.open(directory, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         from capsa.runtime.cgroups.manager import apply_cgroup_create, apply_cgroup_join
-        apply_cgroup_create(kernel, plan["cgroup"])
-        made_cgroup = True
+        try:
+            apply_cgroup_create(kernel, plan["cgroup"])
+            made_cgroup = True
+        except CapsaError as err:
+            # runc's --rootless: cgroups the caller may not create are left out, not fatal
+            if not _ignore_cgroup_error(ctx, err):
+                raise
+            plan["cgroup"] = record["cgroup"] = {"paths": {}, "writes": []}
+            apply_cgroup_join = _no_join
         from capsa.runtime.apply.security import prepare_security
         prepare_security(plan["security"])
         _preload()
@@ -155,6 +162,17 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         raise
     finally:
         os.close(lock_fd)
+
+
+def _ignore_cgroup_error(ctx, err):
+    rootless = getattr(ctx, "rootless", "false")
+    if rootless == "auto":
+        rootless = "true" if os.geteuid() != 0 else "false"
+    return rootless == "true" and getattr(err, "errno", 0) in (1, 13, 30)  # EPERM EACCES EROFS
+
+
+def _no_join(kernel, plan, pid):
+    return None
 
 
 def _stored(record):

@@ -88,3 +88,9 @@ def test_every_command_has_usage_and_a_module():
     for name, (module, _, summary, flags) in cli.COMMANDS.items():
         assert summary and name in cli._ARITY
         assert "capsa-runtime " + name in cli.build_usage(name)
+
+
+def test_rootless_flag_values(capsys, tmp_path):
+    assert cli.main(["--rootless", "maybe", "--root", str(tmp_path), "list"]) == 2
+    assert "invalid --rootless 'maybe'" in capsys.readouterr().err
+    assert cli.main(["--rootless", "auto", "--root", str(tmp_path), "list", "-q"]) == 0
