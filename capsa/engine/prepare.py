@@ -197,13 +197,8 @@ def resolve_image(ctx, req, container_dir, dry_run=False):
         return rootfs, {}, None
     from capsa.engine.images.store import ImageStore
     store = ImageStore(ctx.store_root)
-    try:
-        image = store.resolve(req["image"])
-    except ImageError:
-        if req["image"] not in DEFAULT_IMAGE_NAMES:
-            raise
-        apply_default_image(ctx, store)
-        image = store.resolve(req["image"])
+    image = read_or_pull_image(ctx, store, req["image"], req.get("pull", "missing"),
+                               req.get("tls_verify", True))
     if dry_run:
         # nothing is mounted in a dry run: read users from (and plan against) the topmost layer
         # that has /etc/passwd, else the bottom one
@@ -215,6 +210,29 @@ def resolve_image(ctx, req, container_dir, dry_run=False):
     from capsa.engine.images.rootfs import apply_container_rootfs
     rootfs = apply_container_rootfs(store, container_dir, req["image"], readonly=False)
     return rootfs, image.get("config") or {}, image
+
+
+def read_or_pull_image(ctx, store, ref, pull, tls_verify=True):
+    """Docker's --pull: missing (pull when not stored), always, never. The embedded busybox
+    is imported instead of pulled, so the default image works offline."""
+    if pull == "always" and ref not in DEFAULT_IMAGE_NAMES:
+        store.pull(ref, tls_verify=tls_verify)
+        return store.resolve(ref)
+    try:
+        return store.resolve(ref)
+    except ImageError as missing:
+        if ref in DEFAULT_IMAGE_NAMES:
+            apply_default_image(ctx, store)
+            return store.resolve(ref)
+        if pull == "never":
+            raise
+        try:
+            store.pull(ref, tls_verify=tls_verify)
+        except ImageError as err:
+            raise ImageError(missing.message + ", and pulling it failed: " + err.line(),
+                             field="image", hint="check the name, or pull/import it first") \
+                from None
+        return store.resolve(ref)
 
 
 def apply_default_image(ctx, store):

@@ -45,6 +45,8 @@ RUN_TABLE = [
     ("--init", "init", "bool"),
     ("--rootfs", "rootfs", "str"),
     ("--runtime", "runtime", "str"),
+    ("--pull", "pull", "str"),
+    ("--tls-verify", "tls_verify", "str"),
     ("--stop-signal", "stop_signal", "str"),
     ("--stop-timeout", "stop_timeout", "int"),
     ("--restart", "restart", "str"),
@@ -313,6 +315,8 @@ def build_run_request(opts, positionals, host_env, env_files=()):
         "hostname": opts.get("hostname"), "read_only": opts["read_only"],
         "privileged": opts["privileged"], "init": opts["init"],
         "runtime": opts.get("runtime"), "network": opts.get("network") or "none",
+        "pull": opts.get("pull") or "missing",
+        "tls_verify": (opts.get("tls_verify") or "true").lower() not in ("false", "0"),
         "publish": list(opts["publish"]), "dns": list(opts["dns"]),
         "add_host": list(opts["add_host"]), "cap_add": [], "cap_drop": [],
         "env": build_env(opts["env"], env_files, host_env),
@@ -326,6 +330,9 @@ def build_run_request(opts, positionals, host_env, env_files=()):
         "sysctl": dict(_pair(x, "--sysctl") for x in opts["sysctl"]),
         "resources": build_resources_request(opts),
     }
+    if req["pull"] not in ("missing", "always", "never"):
+        raise UsageError("invalid --pull " + repr(req["pull"]), field="--pull",
+                         hint="use missing (the default), always or never")
     if req["rm"] and req["restart"]["name"] != "no":
         raise UsageError("--restart and --rm cannot be combined", field="--restart")
     if req["name"] is not None and not _valid_name(req["name"]):

@@ -332,3 +332,25 @@ def test_volume_create_and_prune(eng, rootfs):
     eng.out("rm", "user")
     eng.out("volume", "rm", "v1")
     eng.run("volume", "create", "bad/name", check=125)
+
+
+def test_pull_missing_always_never(eng, tmp_path):
+    from tests.integration.test_images_support import Registry, have
+    if not have("docker-registry", "skopeo"):
+        pytest.skip("docker-registry or skopeo is not installed on this host")
+    eng.out("run", "--rm", "busybox", "true")
+    archive = tmp_path / "bb.tar"
+    eng.out("save", "-o", str(archive), "busybox")
+    registry = Registry(str(tmp_path))
+    try:
+        registry.skopeo_copy("docker-archive:" + str(archive), "pulled/bb:v1")
+        ref = registry.addr + "/pulled/bb:v1"
+        proc = eng.run("run", "--rm", "--pull", "never", ref, "true", check=125)
+        assert "not in the store" in proc.stderr
+        assert eng.out("run", "--rm", "--tls-verify=false", ref, "echo", "pulled") == "pulled\n"
+        assert eng.out("run", "--rm", "--pull", "always", "--tls-verify=false", ref,
+                       "echo", "again") == "again\n"
+    finally:
+        registry.stop()
+    proc = eng.run("run", "--rm", "127.0.0.1:1/nothing:here", "true", check=125)
+    assert "pulling it failed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -188,3 +188,13 @@ def test_run_request_image_and_command():
 def test_caps_normalised():
     req = parse_run(["--cap-add", "net_admin", "--cap-drop", "ALL", "img"])
     assert req["cap_add"] == ["CAP_NET_ADMIN"] and req["cap_drop"] == ["ALL"]
+
+
+def test_pull_policy_and_tls_verify():
+    req = parse_run(["img"])
+    assert req["pull"] == "missing" and req["tls_verify"] is True
+    req = parse_run(["--pull", "always", "--tls-verify=false", "img"])
+    assert req["pull"] == "always" and req["tls_verify"] is False
+    with pytest.raises(UsageError) as exc:
+        parse_run(["--pull", "sometimes", "img"])
+    assert exc.value.field == "--pull"
