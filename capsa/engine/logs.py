@@ -36,7 +36,11 @@ def build_log_output(data, tail, timestamps, raw=False):
         if not line[-1][2]:
             payload += b"\n"
         if timestamps:
-            payload = line[0][0].encode() + b" " + payload
+            # conmon writes +00:00, capsa's monitor Z: show one form
+            stamp = line[0][0]
+            if stamp.endswith("+00:00"):
+                stamp = stamp[:-6] + "Z"
+            payload = stamp.encode() + b" " + payload
         out.append((stream, payload))
     return out
 

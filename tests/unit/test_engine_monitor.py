@@ -34,6 +34,9 @@ def test_log_output_tail_and_timestamps():
     stamped = logs.build_log_output(data, 1, True)
     assert stamped[0][1].startswith(b"1970-01-01T00:00:10") and stamped[0][1].endswith(b" cd\n")
     assert logs.build_log_output(b"x\ny\nz\n", 2, False, raw=True) == [("stdout", b"y\nz\n")]
+    conmon = b"2026-11-24T16:28:43.762092953+00:00 stdout F hi\n"
+    assert logs.build_log_output(conmon, None, True) == [
+        ("stdout", b"2026-11-24T16:28:43.762092953Z hi\n")]
 
 
 @pytest.mark.parametrize("policy,code,count,stop,expected", [
