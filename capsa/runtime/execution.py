@@ -180,11 +180,13 @@ def exec_process(ctx, kernel, container_id, opts, args):
                 os.kill(pid, 9)
             except OSError:
                 pass
-        from capsa.runtime.launch import _reap_all
-        _reap_all()
+        from capsa.runtime.launch import _reap
+        _reap((child, pid))
         raise
     finally:
         parent_end.close()
+        from capsa.runtime.launch import reap_warmups
+        reap_warmups()
     if opts.get("pid_file"):
         from capsa.runtime.launch import _write_pid_file
         _write_pid_file(opts["pid_file"], pid)

@@ -40,9 +40,11 @@ O_PATH = 0o10000000
 
 # Modules the child may touch after it has entered the container: imported before fork,
 # because an import after pivot_root would load code from the container (see _seal_imports).
-_PRELOAD = ("_signal", "fcntl", "select", "capsa.runtime.apply.hooks", "capsa.runtime.apply.identity",
-            "capsa.runtime.apply.namespaces", "capsa.runtime.apply.process",
-            "capsa.runtime.apply.rootfs", "capsa.runtime.apply.security", "capsa.runtime.apply.tty")
+_PRELOAD = ("_signal", "fcntl", "select", "capsa.runtime.apply.hooks",
+            "capsa.runtime.apply.identity", "capsa.runtime.apply.namespaces",
+            "capsa.runtime.apply.paths", "capsa.runtime.apply.process",
+            "capsa.runtime.apply.rootfs", "capsa.runtime.apply.security",
+            "capsa.runtime.apply.tty")
 
 
 class _SealedImports:
@@ -62,6 +64,15 @@ def _preload():
         __import__(name)
 
 
+_WARMUPS = []
+
+
+def reap_warmups():
+    """Collect the warm-up children (an engine using the runtime in-process lives on)."""
+    while _WARMUPS:
+        _reap((_WARMUPS.pop(),))
+
+
 def start_cgroup_warmup():
     """Fork a throwaway process that moves itself into the cgroup it is already in.
 
@@ -73,6 +84,9 @@ def start_cgroup_warmup():
     try:
         pid = os.fork()
     except OSError:
+        return
+    if pid:
+        _WARMUPS.append(pid)
         return
     if pid == 0:
         try:
@@ -111,7 +125,7 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         "cgroup": plan["cgroup"], "hooks": plan["hooks"], "plan": plan, "spec": spec,
         "dir": directory,
     }
-    init_pid = 0
+    init_pid = child = 0
     made_cgroup = False
     try:
         states.save(directory, _stored(record))
@@ -156,12 +170,14 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         parent_end.close()
         return record
     except BaseException as err:
-        _undo_create(kernel, directory, init_pid, plan["cgroup"] if made_cgroup else None)
+        _undo_create(kernel, directory, (child, init_pid or record["pid"]),
+                     plan["cgroup"] if made_cgroup else None)
         if isinstance(err, OSError) and not isinstance(err, CapsaError):
             raise ContainerError("create failed: %s" % err)
         raise
     finally:
         os.close(lock_fd)
+        reap_warmups()
 
 
 def _ignore_cgroup_error(ctx, err):
@@ -191,14 +207,15 @@ def _write_pid_file(path, pid):
     os.rename(tmp, path)
 
 
-def _undo_create(kernel, directory, init_pid, cgroup):
-    """Leave nothing behind after a failed create: the init, its cgroup, the state folder."""
-    if init_pid > 0:
-        try:
-            os.kill(init_pid, 9)
-        except OSError:
-            pass
-    _reap_all()
+def _undo_create(kernel, directory, children, cgroup):
+    """Leave nothing behind after a failed create: our processes, the cgroup, the state folder."""
+    for pid in children:
+        if pid > 0:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    _reap(children)
     if cgroup is not None:
         from capsa.runtime.cgroups.manager import apply_cgroup_destroy
         try:
@@ -208,16 +225,19 @@ def _undo_create(kernel, directory, init_pid, cgroup):
     remove_tree(directory)
 
 
-def _reap_all():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
+def _reap(pids):
+    """Wait for these children only: an engine calling us in-process has children of its own."""
+    for pid in pids:
+        if pid <= 0:
             continue
-        if pid == 0:
-            return
+        while True:
+            try:
+                os.waitpid(pid, 0)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                pass
+            break
 
 
 def remove_tree(path):
@@ -251,7 +271,7 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
         apply_id_maps(kernel, child, plan["userns"])
         sync.send(sock, "maps-ok")
     payload, _ = sync.expect(sock, "init-pid")
-    init_pid = payload["pid"]
+    init_pid = record["pid"] = payload["pid"]  # known now, so a failure below kills it
     if init_pid != child:
         os.waitpid(child, 0)
     # The first cgroup.procs write waits out an RCU grace period (~10 ms on this host); the
@@ -408,7 +428,7 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
     _apply_sysctl(kernel, plan["sysctl"])
     if proc["terminal"]:
         tty.apply_console(kernel, proc, plan["rootfs"], sock)
-    process.apply_cwd(kernel, proc["cwd"])
+    process.apply_cwd(kernel, proc["cwd"], create=True)
     executable = process.find_executable(proc["args"][0], proc["env"])
     process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])

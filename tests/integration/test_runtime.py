@@ -421,3 +421,21 @@ def test_exec_into_a_sub_cgroup(rt):
         rt("delete", "--force", "subcg")
         if os.path.isdir(os.path.join(pids_dir, "sub")):
             os.rmdir(os.path.join(pids_dir, "sub"))
+
+
+def test_missing_cwd_is_created_inside_the_root(rt, tmp_path):
+    """As runc: a cwd missing from the image is created (inside the root, never through a
+    symlink out of it) before the process starts."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def mutate(spec):
+        spec["root"]["readonly"] = False
+        spec["process"]["cwd"] = "/work/dir"
+    bundle = rt.bundle(["pwd"], mutate=mutate)
+    result = rt.run_bundle(bundle, "cwd1")
+    assert (result.returncode, result.stdout) == (0, "/work/dir\n"), result.stderr
+    bundle2 = rt.bundle(["pwd"], name="b2", mutate=mutate)
+    os.symlink(str(outside), os.path.join(bundle2, "rootfs", "work"))
+    rt.run_bundle(bundle2, "cwd2")
+    assert os.listdir(outside) == []

@@ -123,12 +123,30 @@ def _check_chain(kernel, root, executable, path, field):
         path = os.fsdecode(line.split()[0])
 
 
-def apply_cwd(kernel, cwd, field="process.cwd"):
-    """chdir, then prove the cwd is inside the container root (CVE-2024-21626)."""
+def apply_cwd(kernel, cwd, field="process.cwd", create=False):
+    """chdir (creating a missing cwd inside the root first, as runc does for the init), then
+    prove the cwd is inside the container root (CVE-2024-21626)."""
     try:
         kernel.chdir(cwd)
     except KernelError as err:
-        raise ConfigError("cannot enter working directory %s: %s" % (cwd, err.message), field=field)
+        if not (create and err.errno == 2):
+            raise ConfigError("cannot enter working directory %s: %s" % (cwd, err.message),
+                              field=field)
+        from capsa.runtime.apply.paths import make_in_root
+        root = kernel.open("/", os.O_PATH | os.O_DIRECTORY)
+        try:
+            made, _ = make_in_root(kernel, root, cwd, True, 0o755)
+            kernel.close(made)
+        except KernelError as err:
+            raise ConfigError("cannot create working directory %s: %s" % (cwd, err.message),
+                              field=field)
+        finally:
+            kernel.close(root)
+        try:
+            kernel.chdir(cwd)
+        except KernelError as err:
+            raise ConfigError("cannot enter working directory %s: %s" % (cwd, err.message),
+                              field=field)
     try:
         where = kernel.getcwd()
     except KernelError:
