@@ -70,11 +70,20 @@ EOF
 
 echo "== idle detached container: host memory of its supervisor"
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+monitor_of() {
+    python3 -c "import json; print(json.load(open('$T/capsa/containers/$1/state.json'))['monitor_pid'])"
+}
+# capsa's own monitor, measured for the decision (CAPSA_MONITOR=python forces it)
+PY_IDLE=$(CAPSA_MONITOR=python $CAPSA run -d busybox sleep 1000)
+sleep 1
+PYMON=$(monitor_of "$PY_IDLE")
+echo "capsa's own monitor pid $PYMON: PSS $(pss "$PYMON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$PYMON/status) kB"
+$CAPSA rm -f "$PY_IDLE" >/dev/null
 CAPSA_IDLE=$($CAPSA run -d busybox sleep 1000)
 sleep 1
-MON=$(python3 -c "import json; print(json.load(open('$T/capsa/containers/$CAPSA_IDLE/state.json'))['monitor_pid'])")
+MON=$(monitor_of "$CAPSA_IDLE")
 PODMAN_IDLE=$(podman run -d --network none localhost/busybox sleep 1000)
 sleep 1
 CONMON=$(pgrep -f "conmon.*$PODMAN_IDLE" | head -1)
-echo "capsa monitor pid $MON: PSS $(pss "$MON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$MON/status) kB"
+echo "capsa under conmon (the default) pid $MON: PSS $(pss "$MON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$MON/status) kB"
 echo "podman conmon pid $CONMON: PSS $(pss "$CONMON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$CONMON/status) kB"
