@@ -860,17 +860,8 @@ def build_cp_target(arg):
     return None, arg
 
 
-def read_inside(rootfs, path):
-    """A path inside the rootfs as a host path, refusing any symlink or .. that leaves it."""
-    real_root = os.path.realpath(rootfs)
-    host = os.path.realpath(os.path.join(real_root, path.lstrip("/")))
-    if host != real_root and not host.startswith(real_root + "/"):
-        raise UsageError("path " + path + " leaves the container's root filesystem", field="cp")
-    return host
-
-
 def cmd_cp(ctx, argv):
-    import shutil
+    from capsa.engine.rootfscopy import apply_copy_in, apply_copy_out
     opts, pos = parse_options(argv, [("-a --archive", "archive", "bool"),
                                      ("-L --follow-link", "follow", "bool")], "cp",
                               interspersed=True)
@@ -884,19 +875,7 @@ def cmd_cp(ctx, argv):
     with open(store.path(record["id"], "bundle", "config.json")) as f:
         rootfs = json.load(f)["root"]["path"]
     if sref:
-        src = read_inside(rootfs, spath)
-        dst = dpath
+        apply_copy_out(rootfs, spath, dpath)
     else:
-        src = spath
-        dst = read_inside(rootfs, dpath)
-    if not os.path.exists(src):
-        raise UsageError("no such file or directory: " + pos[0], field="cp")
-    if os.path.isdir(dst):
-        dst = os.path.join(dst, os.path.basename(src.rstrip("/")))
-        if dref:
-            dst = read_inside(rootfs, os.path.relpath(dst, os.path.realpath(rootfs)))
-    if os.path.isdir(src):
-        shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
-    else:
-        shutil.copy2(src, dst, follow_symlinks=False)
+        apply_copy_in(spath, rootfs, dpath)
     return 0
