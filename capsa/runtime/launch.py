@@ -424,13 +424,18 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
     state = {"ociVersion": plan["oci_version"], "id": plan["id"], "status": "creating",
              "pid": 0, "bundle": plan["bundle"], "annotations": plan["annotations"]}
     hooks.apply_hooks("createContainer", plan["hooks"], state)
+    host_init = None
+    if plan.get("host_init"):
+        # resolved on the host: the rootfs is not pivoted yet
+        host_init = _open_host_init(kernel, plan["host_init"])
     rootfs.apply_pivot(kernel, plan["rootfs"])
     _apply_sysctl(kernel, plan["sysctl"])
     if proc["terminal"]:
         tty.apply_console(kernel, proc, plan["rootfs"], sock)
     process.apply_cwd(kernel, proc["cwd"], create=True)
-    executable = process.find_executable(proc["args"][0], proc["env"])
-    process.check_interpreters(kernel, executable)
+    if host_init is None:
+        executable = process.find_executable(proc["args"][0], proc["env"])
+        process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])
     identity.apply_identity(kernel, proc, setgroups_allowed=True)
 
@@ -447,6 +452,8 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
     if not early:
         security.apply_after_identity(kernel, plan["security"], send_fd)
     process.apply_final_affinity(kernel, proc)
+    if host_init is not None:
+        process.apply_execveat(kernel, host_init, proc)
     process.apply_exec(kernel, executable, proc)
 
 
@@ -467,6 +474,20 @@ def _enter_cgroup(kernel, plan, sock, namespaces):
         namespaces.apply_join(kernel, plan["namespaces"]["join"], ("cgroup",))
     if "cgroup" in plan["namespaces"]["new"]:
         namespaces.apply_unshare(kernel, ("cgroup",))
+
+
+def _open_host_init(kernel, path):
+    from capsa.errors import ConfigError, KernelError
+    field = "annotations.org.capsa.init.host-path"
+    try:
+        fd = kernel.open(path, os.O_PATH)
+    except KernelError as err:
+        raise ConfigError("cannot open host init %s: %s" % (path, err.message), field=field)
+    st = kernel.fstat(fd)
+    if (st.st_mode & 0o170000) != 0o100000 or not st.st_mode & 0o111:
+        kernel.close(fd)
+        raise ConfigError("host init %s is not an executable file" % path, field=field)
+    return fd
 
 
 def _open_proc_self(kernel):

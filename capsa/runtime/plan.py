@@ -10,6 +10,11 @@ from capsa.errors import ConfigError
 from capsa.runtime import spec as specs
 
 
+# The host program a declared container runs as its init (minimal_containers' `init=@/path`):
+# opened on the host before pivot_root and run with execveat, never copied into the rootfs.
+HOST_INIT_ANNOTATION = "org.capsa.init.host-path"
+
+
 def read_facts(systemd_cgroup=False):
     """Host facts the plan depends on; cheap reads only."""
     from capsa.runtime.cgroups.layout import read_layout
@@ -60,6 +65,10 @@ def build_plan(spec, bundle, container_id, facts, options):
         annotations = {}
     if not isinstance(annotations, dict):
         raise ConfigError("must be an object of strings", field="annotations")
+    host_init = annotations.get(HOST_INIT_ANNOTATION)
+    if host_init is not None and (not isinstance(host_init, str) or not host_init.startswith("/")):
+        raise ConfigError("must be an absolute host path", field="annotations." +
+                          HOST_INIT_ANNOTATION)
 
     cgroup = build_cgroup_plan(linux, container_id, facts["cgroup_layout"],
                                facts.get("systemd_cgroup", False))
@@ -96,4 +105,5 @@ def build_plan(spec, bundle, container_id, facts, options):
         "console_socket": options.get("console_socket"),
         "pidfd_socket": options.get("pidfd_socket"),
         "new_keyring": not options.get("no_new_keyring"),
+        "host_init": host_init,
     }

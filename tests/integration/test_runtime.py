@@ -439,3 +439,20 @@ def test_missing_cwd_is_created_inside_the_root(rt, tmp_path):
     os.symlink(str(outside), os.path.join(bundle2, "rootfs", "work"))
     rt.run_bundle(bundle2, "cwd2")
     assert os.listdir(outside) == []
+
+
+def test_host_init_annotation_runs_a_host_program(rt, tmp_path):
+    """minimal_containers' init=@/path: the program is opened on the host before pivot_root and
+    run with execveat; it never appears in the rootfs."""
+    import shutil
+    host_program = tmp_path / "host-echo"
+    shutil.copy("/bin/busybox", host_program)
+
+    def mutate(spec):
+        spec["annotations"] = {"org.capsa.init.host-path": str(host_program)}
+        spec["process"]["args"] = ["echo", "from the host binary"]
+    result = rt.run(["true"], mutate=mutate, container_id="hostinit")
+    assert (result.returncode, result.stdout) == (0, "from the host binary\n"), result.stderr
+    bad = rt.run(["true"], name="b2", container_id="hostinit2", mutate=lambda s: s.update(
+        annotations={"org.capsa.init.host-path": "relative"}))
+    assert bad.returncode != 0 and "annotations.org.capsa.init.host-path" in bad.stderr

@@ -171,6 +171,14 @@ def apply_exec(kernel, path, process):
     kernel.execve(path, process["args"], build_env_dict(process["env"]))
 
 
+def apply_execveat(kernel, fd, process):
+    """Run a program through an fd opened on the host before pivot_root (execveat with
+    AT_EMPTY_PATH): minimal_containers' `init=@/path`."""
+    apply_default_signals()
+    env = ["%s=%s" % item for item in build_env_dict(process["env"]).items()]
+    kernel.execveat(fd, "", process["args"], env, 0x1000)
+
+
 def apply_default_signals():
     """Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve:
     the container's process must start with every disposition at default and nothing blocked."""
