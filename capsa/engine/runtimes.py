@@ -165,7 +165,8 @@ class InProcessRuntime:
 
 def build_runtime(name, store_root):
     """--runtime NAME|PATH into a runtime object; its state lives under STORE/runtime/NAME."""
-    name = name or os.environ.get("CAPSA_RUNTIME") or "runc"
+    # capsa's own runtime in-process is the default: no extra interpreter start per operation
+    name = name or os.environ.get("CAPSA_RUNTIME") or "inprocess"
     if name in ("inprocess", "capsa-inprocess"):
         return InProcessRuntime(os.path.join(store_root, "runtime", "capsa"))
     if "/" in name:

@@ -480,7 +480,7 @@ def _open_host_init(kernel, path):
     from capsa.errors import ConfigError, KernelError
     field = "annotations.org.capsa.init.host-path"
     try:
-        fd = kernel.open(path, os.O_PATH)
+        fd = kernel.open(path, os.O_RDONLY)
     except KernelError as err:
         raise ConfigError("cannot open host init %s: %s" % (path, err.message), field=field)
     st = kernel.fstat(fd)

@@ -16,9 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def runtimes_under_test():
-    """runc always; more with CAPSA_TEST_RUNTIMES=capsa-runtime,/path/to/other (comma list)."""
+    """runc and capsa in-process (the default) always; more with CAPSA_TEST_RUNTIMES=capsa-runtime,
+    /path/to/other (comma list)."""
     extra = [r for r in os.environ.get("CAPSA_TEST_RUNTIMES", "").split(",") if r]
-    return ["runc"] + extra
+    return ["runc", "inprocess"] + extra
 
 
 class Engine:

@@ -175,6 +175,9 @@ def apply_execveat(kernel, fd, process):
     """Run a program through an fd opened on the host before pivot_root (execveat with
     AT_EMPTY_PATH): minimal_containers' `init=@/path`."""
     apply_default_signals()
+    if os.pread(fd, 2, 0) == b"#!":
+        # a script: its interpreter opens it as /dev/fd/N, so this one fd must survive exec
+        os.set_inheritable(fd, True)
     env = ["%s=%s" % item for item in build_env_dict(process["env"]).items()]
     kernel.execveat(fd, "", process["args"], env, 0x1000)
 
