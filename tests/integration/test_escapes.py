@@ -356,56 +356,94 @@ def test_cve_2023_25809_cgroup_tree_read_only(rt):
     assert int(result.stdout.split()[-2]) > 0, "no hierarchy mounted: the test proves nothing"
 
 
-def test_planted_python_module_is_never_imported(rt, tmp_path):
-    """A Python module planted in the image at every path the runtime's interpreter searches
-    must not run: the runtime imports everything before fork and seals imports in the child.
-    The planted modules would write /PWNED inside the rootfs."""
-    import sys
-    bundle = rt.bundle(["true"], mutate=_writable)
+def _runtime_sys_path():
+    """The folders capsa-runtime's interpreter imports from (its own sys.path and the checkout)."""
+    from tests.bundles import REPO
+    code = "import sys; print(chr(10).join(sys.path))"
+    out = subprocess.run([_interpreter(), "-I", "-S", "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(set(line for line in out.splitlines() if line.startswith("/")) | {REPO})
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_planted_python_module_is_never_imported(rt, terminal):
+    """A Python module planted in the image at every path the runtime's interpreter searches,
+    and over every capsa module at the checkout's own path, must not run: the runtime imports
+    everything before fork and seals imports in the child. The planted modules would write
+    /PWNED inside the rootfs. The terminal case goes through the console code (tty), the one
+    module a lazy import would most naturally bring in after pivot_root. Shown by hand: with
+    tty taken out of launch._PRELOAD and imported lazily in _init_main's terminal branch, and
+    _seal_imports() no longer called, the planted capsa/runtime/apply/tty.py ran as root in the
+    container and wrote /PWNED (terminal case failed); with the seal kept, the import was
+    refused and the run failed with one clear line instead."""
+    from tests.bundles import REPO
+    bundle = rt.bundle(["true"], mutate=_writable, terminal=terminal)
     rootfs = os.path.join(bundle, "rootfs")
     payload = "open('/PWNED', 'w').write(__name__)\n"
-    names = ["sitecustomize", "usercustomize", "fcntl", "select", "termios", "_signal_helper",
+    names = ["sitecustomize", "usercustomize", "fcntl", "select", "termios", "struct", "_signal",
              "encodings/idna", "json/__init__", "capsa/__init__"]
-    for directory in set(sys.path + ["/usr/lib/python3.11", "/usr/lib/python3/dist-packages"]):
-        if not directory.startswith("/"):
-            continue
+    for top, _, files in os.walk(os.path.join(REPO, "capsa")):
+        names.extend(os.path.relpath(os.path.join(top, name), REPO)[:-3] for name in files
+                     if name.endswith(".py"))
+    for directory in _runtime_sys_path():
         for name in names:
             path = os.path.join(rootfs, directory.lstrip("/"), name + ".py")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as handle:
                 handle.write(payload)
-    result = rt.run_bundle(bundle, "planted")
-    assert result.returncode == 0, result.stderr
+    if terminal:
+        status, _, stderr = _run_with_console(rt, bundle, "plantedt")
+    else:
+        result = rt.run_bundle(bundle, "planted")
+        status, stderr = result.returncode, result.stderr
     assert not os.path.exists(os.path.join(rootfs, "PWNED"))
+    assert status == 0, stderr
 
 
-def test_host_device_nodes_unchanged_after_userns_and_exec_user(rt):
-    """Host device nodes must keep owner and mode after containers with user namespaces and
-    `exec --user` (a widely used runtime once chowned the host's /dev/null in exactly this
-    case)."""
+@pytest.mark.parametrize("userns", [True, False])
+def test_host_device_nodes_unchanged_after_userns_and_exec_user(rt, userns):
+    """Host device nodes must keep owner and mode after containers (with and without a user
+    namespace) and `exec --user` (a widely used runtime once chowned the host's /dev/null in
+    exactly this case: it chowned the exec'd process's stdio to the user). The exec's stdin is
+    a null device node of the test's own, so a runtime that chowns stdio shows here without the
+    host's /dev/null being touched. Shown by hand: with capsa.runtime.execution._process
+    chowning fds 0-2 to the exec user before the uid switch (runc's fixStdioPermissions without
+    its /dev/null exception), the node became 1000:1000 in the case without a user namespace
+    and the test failed (inside a user namespace the kernel refuses that chown: EPERM)."""
     nodes = ["/dev/null", "/dev/zero", "/dev/tty", "/dev/full", "/dev/random", "/dev/urandom"]
-    before = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
-                  for node in nodes)
     import shutil
     import tempfile
     rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-devnodes-"))
     os.chmod(rt.tmp, 0o755)
+    own = str(rt.tmp / "null")
+    os.mknod(own, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.chmod(own, 0o666)
+    nodes.append(own)
+    before = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
+                  for node in nodes)
     try:
         def mutate(spec):
-            spec["linux"]["namespaces"].append({"type": "user"})
-            spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
-            spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+            if userns:
+                spec["linux"]["namespaces"].append({"type": "user"})
+                spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000,
+                                                 "size": 65536}]
+                spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000,
+                                                 "size": 65536}]
         bundle = rt.bundle(["sleep", "30"], mutate=mutate)
         rt.ids.append("devs")
         assert rt("run", "-d", "--bundle", bundle, "devs").returncode == 0
-        result = rt("exec", "--user", "1000:1000", "devs", "sh", "-c",
-                    "echo x > /dev/null; cat /dev/zero | head -c 1 >/dev/null; echo ok")
+        with open(own, "rb") as stdin:
+            result = subprocess.run(rt.cmd + ["--root", str(rt.root), "exec", "--user",
+                                              "1000:1000", "devs", "sh", "-c",
+                                              "echo x > /dev/null; head -c 1 /dev/zero >/dev/null;"
+                                              " echo ok"],
+                                    stdin=stdin, capture_output=True, text=True, timeout=60)
         assert result.stdout.strip() == "ok", result.stderr
+        after = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
+                     for node in nodes)
         rt("delete", "--force", "devs")
     finally:
         shutil.rmtree(rt.tmp, ignore_errors=True)
-    after = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
-                 for node in nodes)
     assert after == before
 
 
@@ -500,7 +538,11 @@ def test_cve_2025_52565_dev_console_symlink(rt, tmp_path, target):
     file), the process has a terminal and a --console-socket. The runtime binds the pty slave
     onto /dev/console: that bind must stay inside the container (never on the host file, never
     over procfs), and the host file must stay untouched. Either the runtime refuses with one
-    clear line, or the container's /dev/console is its pty and the target is what it was."""
+    clear line, or the container's /dev/console is its pty and the target is what it was.
+    "host" holds because the bind is made after pivot_root, when no host path is reachable at
+    all: shown by hand, taking RESOLVE_IN_ROOT out of capsa.runtime.apply.paths.IN_ROOT did not
+    change it (the ordering in launch._init_main is the protection). "procfs" fails today: the
+    pty is bound over the container's /proc/sys/kernel/core_pattern (see _CONSOLE_HOLE)."""
     host_file = tmp_path / "host-file"
     host_file.write_text("host file\n")
     link = str(host_file) if target == "host" else "/proc/sys/kernel/core_pattern"
@@ -534,7 +576,11 @@ def test_dev_symlink_in_image(rt, tmp_path, where):
     """The image's /dev is a symlink, to a folder of its own (/somewhere) or out of the rootfs
     (../../..): the runtime's /dev tmpfs, device nodes and links must land inside the rootfs
     (or the run is refused with one clear line); no mount of the container lands outside its
-    rootfs and nothing is created on the host."""
+    rootfs and nothing is created on the host. A createRuntime hook records the init's
+    mountinfo before pivot_root. Shown by hand: with RESOLVE_IN_ROOT taken out of
+    capsa.runtime.apply.paths.IN_ROOT, "outside" mounted the /dev tmpfs, /dev/pts and
+    /dev/mqueue on the host folder in the container's namespace and the test failed; "inside"
+    checks that such an image still gets a working /dev."""
     host = tmp_path / "host-dev"
     host.mkdir()
     mountinfo = tmp_path / "mountinfo"
