@@ -55,14 +55,13 @@ def read_load():
 
 def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0:
-        raise SystemExit("bench/seccomp.py: run as root (rootful bundles, cgroups)")
-    if not shutil.which("hyperfine"):
-        raise SystemExit("bench/seccomp.py: no hyperfine: apt-get install hyperfine")
-    if not os.access(opts["runc"], os.X_OK):
-        raise SystemExit("bench/seccomp.py: no runc at %s: apt-get install runc" % opts["runc"])
-    if not opts["capsa"]:
-        raise SystemExit("bench/seccomp.py: capsa-runtime is not installed (scripts/install.sh)")
+    missing = [why for ok, why in (
+        (os.geteuid() == 0, "run as root (rootful bundles, cgroups)"),
+        (shutil.which("hyperfine"), "no hyperfine: apt-get install hyperfine"),
+        (os.access(opts["runc"], os.X_OK), "no runc at %s: apt-get install runc" % opts["runc"]),
+        (opts["capsa"], "capsa-runtime is not installed (scripts/install.sh)")) if not ok]
+    if missing:
+        raise SystemExit("bench/seccomp.py: " + "; ".join(missing))
     tmp = tempfile.mkdtemp(prefix="capsa-bench-seccomp-")
     os.chmod(tmp, 0o755)
     opts["out"] = opts["out"] or tmp
