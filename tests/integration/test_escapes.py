@@ -5,6 +5,7 @@ asserting that the attack fails and the host is untouched.
 Each docstring names the CVE class and the protection it checks; "shown by hand" records that
 the test failed when that protection was removed from the code.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,32 @@ def _interpreter():
 
 def _writable(spec):
     spec["root"]["readonly"] = False
+
+
+@contextlib.contextmanager
+def _host_value_kept(path):
+    """Assert that the host-global procfs value at `path` is unchanged by the block; if an
+    attack changed it, put it back whatever happens."""
+    with open(path) as handle:
+        before = handle.read()
+    try:
+        yield
+        with open(path) as handle:
+            assert handle.read() == before, "the container changed the host's " + path
+    finally:
+        with open(path) as handle:
+            changed = handle.read() != before
+        if changed:
+            with open(path, "w") as handle:
+                handle.write(before)
+
+
+def _swap_proc_hook(rootfs):
+    """A createRuntime hook that swaps the mounted /proc for a symlink to the image's /fakeproc,
+    standing in for a second container racing on a shared volume (runs while the init waits
+    between its mounts and pivot_root; touches only files inside the rootfs)."""
+    swap = "mv %s/proc %s/proc.real && ln -s /fakeproc %s/proc" % (rootfs, rootfs, rootfs)
+    return {"path": "/bin/sh", "args": ["sh", "-c", swap]}
 
 
 @pytest.mark.parametrize("how", ["args", "shebang", "shebang-through-symlink"])
@@ -156,13 +183,12 @@ def test_proc_swapped_for_symlink_after_it_was_mounted(rt):
     "1" was written into the image's /fakeproc/sys/net/ipv4/ip_forward and the run succeeded."""
     bundle_dir = rt.tmp / "bundle"
     rootfs = bundle_dir / "rootfs"
-    swap = "mv %s/proc %s/proc.real && ln -s /fakeproc %s/proc" % (rootfs, rootfs, rootfs)
 
     def mutate(spec):
         _writable(spec)  # else the read-only root alone would stop the write
         spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
         spec["linux"]["readonlyPaths"].remove("/proc/sys")
-        spec["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", swap]}]}
+        spec["hooks"] = {"createRuntime": [_swap_proc_hook(rootfs)]}
     bundle = rt.bundle(["true"], mutate=mutate)
     assert bundle == str(bundle_dir)
     fake = rootfs / "fakeproc" / "sys" / "net" / "ipv4"
@@ -300,17 +326,8 @@ def test_cve_2025_31133_dev_null_symlink_before_masking(rt, tmp_path, when):
     if os.path.lexists(null):
         os.unlink(null)
     os.symlink(target, null)
-    with open(target) as handle:
-        before = handle.read()
-    try:
+    with _host_value_kept(target):
         result = rt.run_bundle(bundle, "null31133")
-        with open(target) as handle:
-            assert handle.read() == before
-    finally:
-        with open(target) as handle:
-            if handle.read() != before:
-                with open(target, "w") as restore:
-                    restore.write(before)
     assert "Traceback" not in result.stderr
     if result.returncode == 0:
         assert result.stdout.splitlines()[0] == "character special file 1:3"
@@ -612,3 +629,41 @@ def test_dev_symlink_in_image(rt, tmp_path, where):
 def shutil_rmtree_dev(rootfs):
     import shutil
     shutil.rmtree(os.path.join(rootfs, "dev"))
+
+
+def test_cve_2025_52565_console_through_raced_proc(rt):
+    """CVE-2025-52565 (the procfs half): the runtime names the pty slave it binds onto
+    /dev/console; if it read that name through a /proc the attacker swapped for a fake one
+    (raced as in test_proc_swapped_for_symlink_after_it_was_mounted, no sysctl to notice it),
+    the fake /proc/self/fd/N could name a host-global procfs file, bound onto /dev/console and
+    written by the container. The host value must stay (the harmless fs.lease-break-time
+    stands in for core_pattern), and /dev/console is the pty or the run is refused. Today only
+    glibc protects this: os.ttyname checks the name it read against the fd and falls back to
+    searching /dev/pts. Shown by hand: with capsa.runtime.apply.tty._open_terminal naming the
+    slave by readlink of /proc/self/fd/N (runc's way before the fix), /dev/console became the
+    host's fs.lease-break-time, the container wrote 7 into it and the test failed."""
+    target = "/proc/sys/fs/lease-break-time"
+    bundle_dir = rt.tmp / "bundle"
+    rootfs = bundle_dir / "rootfs"
+
+    def mutate(spec):
+        _writable(spec)
+        spec["linux"]["readonlyPaths"] = []
+        spec["hooks"] = {"createRuntime": [_swap_proc_hook(rootfs)]}
+    bundle = rt.bundle(["sh", "-c", "stat -L -c 'console %F %t' /dev/console; "
+                                    "echo 7 > /dev/console; echo end"],
+                       terminal=True, mutate=mutate)
+    assert bundle == str(bundle_dir)
+    for self_dir in ("self", "thread-self"):
+        fds = rootfs / "fakeproc" / self_dir / "fd"
+        fds.mkdir(parents=True)
+        for fd in range(64):
+            os.symlink("/proc.real" + target[len("/proc"):], str(fds / str(fd)))
+    with _host_value_kept(target):
+        status, output, stderr = _run_with_console(rt, bundle, "con52565r")
+    assert os.path.islink(rootfs / "proc"), "the hook did not swap /proc: the test proves nothing"
+    assert "Traceback" not in stderr
+    if status == 0:
+        assert output.splitlines()[0] == "console character special file 88", output
+    else:
+        assert len(stderr.strip().splitlines()) == 1, stderr
