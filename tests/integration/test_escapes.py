@@ -279,7 +279,9 @@ def test_cve_2024_21626_no_fds_leak_into_container(rt, tmp_path):
 
 def test_cve_2024_45310_mkdir_through_symlink_stays_inside(rt, tmp_path):
     """CVE-2024-45310: a volume's mount destination whose parents the runtime must create goes
-    through a symlink the image planted; the runtime's mkdir must not create on the host."""
+    through a symlink the image planted; the runtime's mkdir must not create on the host.
+    Shown by hand: with RESOLVE_IN_ROOT taken out of capsa.runtime.apply.paths.IN_ROOT, the
+    runtime created made/ in the host folder and the test failed."""
     host = tmp_path / "host-side"
     host.mkdir()
     source = tmp_path / "vol"
