@@ -417,6 +417,10 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
     kernel.close(proc_self)
     process.apply_personality(kernel, plan["personality"])
     rootfs.apply_mounts(kernel, plan["rootfs"], prepared)
+    # Through the host's procfs, before pivot_root: namespaced sysctls resolve in the writer's
+    # own namespaces, the image cannot swap this /proc (CVE-2019-19921 class), and the
+    # container's read-only /proc/sys is not in the way yet.
+    _apply_sysctl(kernel, plan["sysctl"])
     if not early:
         _enter_cgroup(kernel, plan, sock, namespaces)
     sync.send(sock, "create-hooks")
@@ -429,7 +433,6 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
         # resolved on the host: the rootfs is not pivoted yet
         host_init = _open_host_init(kernel, plan["host_init"])
     rootfs.apply_pivot(kernel, plan["rootfs"])
-    _apply_sysctl(kernel, plan["sysctl"])
     if proc["terminal"]:
         tty.apply_console(kernel, proc, plan["rootfs"], sock)
     process.apply_cwd(kernel, proc["cwd"], create=True)
@@ -508,8 +511,7 @@ def _apply_sysctl(kernel, sysctl):
     fd = kernel.open("/proc/sys", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         if kernel.fstatfs_type(fd) != PROC_SUPER_MAGIC:
-            raise ConfigError("/proc/sys in the container is not procfs", field="linux.sysctl",
-                              hint="mount proc at /proc")
+            raise ConfigError("/proc/sys of the host is not procfs", field="linux.sysctl")
         for key, value in sysctl.items():
             try:
                 kernel.write_file(key.replace(".", "/"), value, dirfd=fd)

@@ -456,3 +456,20 @@ def test_host_init_annotation_runs_a_host_program(rt, tmp_path):
     bad = rt.run(["true"], name="b2", container_id="hostinit2", mutate=lambda s: s.update(
         annotations={"org.capsa.init.host-path": "relative"}))
     assert bad.returncode != 0 and "annotations.org.capsa.init.host-path" in bad.stderr
+
+
+def test_sysctl_applied_in_the_container_namespaces_only(rt):
+    """Namespaced sysctls reach the container's own network and ipc namespaces (with the
+    default read-only /proc/sys), and the host's values stay as they were."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        host_range = handle.read()
+
+    def mutate(spec):
+        spec["linux"]["sysctl"] = {"net.ipv4.ip_local_port_range": "40000 40100",
+                                   "kernel.shmmni": "1234"}
+    result = rt.run(["sh", "-c", "cat /proc/sys/net/ipv4/ip_local_port_range "
+                                 "/proc/sys/kernel/shmmni"], mutate=mutate, container_id="sysctl")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["40000", "40100", "1234"]
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        assert handle.read() == host_range

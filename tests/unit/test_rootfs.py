@@ -401,11 +401,15 @@ def test_readonly_paths_and_readonly_root():
     assert open_fds(kernel) == []
 
 
-def test_apply_console_binds_the_pty_onto_a_placeholder_file():
+def test_apply_console_binds_the_pty_fd_onto_a_fresh_placeholder_file():
     kernel = pivot_kernel({"dev": "dir"})
-    rootfs.apply_console(kernel, "/dev/pts/0")
-    assert kernel.calls_of("open_tree")[0][1] == "/dev/pts/0"
-    assert kernel.fd_paths[kernel.calls_of("move_mount")[0][2]] == "dev/console"
+    rootfs.apply_console(kernel, 7)
+    # whatever the image had at /dev/console is unlinked, never followed
+    assert kernel.calls_of("unlinkat")[0][1] == "console"
+    created = [c for c in kernel.calls_of("open") if c[0] == "console"]
+    assert created[0][1] & os.O_EXCL and created[0][1] & os.O_NOFOLLOW
+    # the pty is cloned from its fd: no name lookup through /proc
+    assert kernel.calls_of("open_tree")[0][:2] == (7, "")
     assert open_fds(kernel) == []
 
 

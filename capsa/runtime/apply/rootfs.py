@@ -432,14 +432,35 @@ def _make_readonly(kernel, root_fd, path):
         kernel.close(target)
 
 
-def apply_console(kernel, pty_slave_path, root="/"):
-    """Bind the pty slave onto /dev/console (an empty-file placeholder) of the root at `root`."""
+def apply_console(kernel, slave_fd, root="/"):
+    """Bind the pty slave, from its own fd (no name lookup a raced /proc could redirect,
+    CVE-2025-52565), onto a fresh empty /dev/console: whatever the image put there (a symlink
+    to a procfs file, say) is removed first, never followed."""
+    from capsa.syscalls.fs import AT_EMPTY_PATH, PROC_SUPER_MAGIC, SYSFS_MAGIC
     root_fd = kernel.open(root, os.O_PATH | os.O_DIRECTORY)
+    parent = target = tree = None
     try:
-        _bind_node(kernel, root_fd, pty_slave_path, "/dev/console")
+        parent, name = _parent_and_name(kernel, root_fd, "/dev/console")
+        if kernel.fstatfs_type(parent) in (PROC_SUPER_MAGIC, SYSFS_MAGIC):
+            raise ContainerError("/dev resolves into procfs or sysfs", field="process.terminal",
+                                 hint="the image's /dev must be a plain folder")
+        try:
+            kernel.unlinkat(parent, name)
+        except KernelError as err:
+            if err.errno != errno.ENOENT:
+                raise
+        placeholder = kernel.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                  0o600, dirfd=parent)
+        kernel.close(placeholder)
+        target = kernel.open(name, os.O_PATH | os.O_NOFOLLOW, dirfd=parent)
+        tree = kernel.open_tree(slave_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)
+        kernel.move_mount(tree, "", target, "", _EMPTY)
     except KernelError as err:
-        raise ContainerError("cannot bind %s on /dev/console: %s" % (pty_slave_path, err.message),
+        raise ContainerError("cannot bind the terminal on /dev/console: %s" % err.message,
                              field="process.terminal")
     finally:
+        for fd in (tree, target, parent):
+            if fd is not None:
+                kernel.close(fd)
         kernel.close(root_fd)
 

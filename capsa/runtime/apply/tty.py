@@ -36,7 +36,7 @@ def _open_terminal(kernel, process, sock, bind):
         fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     if bind:
         from capsa.runtime.apply.rootfs import apply_console as bind_console
-        bind_console(kernel, slave_name)
+        bind_console(kernel, slave)
     sync.send(sock, "console", {"slave": slave_name}, [master])
     os.close(master)
     kernel.setsid()
