@@ -631,10 +631,10 @@ def test_cve_2025_52565_console_through_raced_proc(rt):
     (raced as in test_proc_swapped_for_symlink_after_it_was_mounted, no sysctl to notice it),
     the fake /proc/self/fd/N could name a host-global procfs file, bound onto /dev/console and
     written by the container. The host value must stay (the harmless fs.lease-break-time
-    stands in for core_pattern), and /dev/console is the pty or the run is refused. Today only
-    glibc protects this: os.ttyname checks the name it read against the fd and falls back to
-    searching /dev/pts. Shown by hand: with capsa.runtime.apply.tty._open_terminal naming the
-    slave by readlink of /proc/self/fd/N (runc's way before the fix), /dev/console became the
+    stands in for core_pattern), and /dev/console is the pty or the run is refused. capsa now
+    binds the slave from its own fd (open_tree with AT_EMPTY_PATH in apply_console): no name is
+    looked up at all. Shown by hand (before that fix): with capsa.runtime.apply.tty naming the
+    slave by readlink of /proc/self/fd/N (runc's way before its fix), /dev/console became the
     host's fs.lease-break-time, the container wrote 7 into it and the test failed."""
     target = "/proc/sys/fs/lease-break-time"
     bundle_dir = rt.tmp / "bundle"
