@@ -164,6 +164,13 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
                                   apply_cgroup_join)
         record["pid"] = init_pid
         record["pid_start"] = states.read_start_time(init_pid)
+        if ctx.debug:
+            ctx.log("debug", "container %s: init pid %d parked on exec.fifo; namespaces new=%s "
+                    "joined=%s; cgroup %s" % (container_id, init_pid,
+                                             ",".join(plan["namespaces"]["new"]),
+                                             ",".join(plan["namespaces"]["join"]),
+                                             " ".join(sorted(set(plan["cgroup"].get("paths", {})
+                                                                 .values())))))
         states.save(directory, _stored(record))
         if pid_file:
             _write_pid_file(pid_file, init_pid)
