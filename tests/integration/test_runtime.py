@@ -478,10 +478,10 @@ def test_sysctl_applied_in_the_container_namespaces_only(rt):
 def test_debug_writes_a_debug_line_to_the_log(rt, tmp_path):
     log = tmp_path / "log.json"
     bundle = rt.bundle(["true"])
-    rt.ids.append("dbg")
-    result = rt("--debug", "--log", log, "--log-format", "json", "run", "--bundle", bundle, "dbg")
-    # global flags after --root are still global flags: runc's CLI accepts them anywhere before
-    # the command
+    rt.ids.append("debug-log")
+    # global flags after --root are still global: runc takes them anywhere before the command
+    result = rt("--debug", "--log", log, "--log-format", "json", "run", "--bundle", bundle,
+                "debug-log")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(line["level"] == "debug" and "parked on exec.fifo" in line["msg"]
