@@ -159,10 +159,10 @@ def main(argv=None, ctx=None):
                 name not in ("run", "create", "start"):
             ctx.stdout.write("Usage: capsa %s ...\n\n%s\n" % (name, COMMANDS[name][2]))
             return 0
-        import importlib
         try:
-            module = importlib.import_module(module_name)
-            fn = getattr(module, function)
+            # __import__ + sys.modules, not importlib: importlib's import costs ~0.5 ms a run
+            __import__(module_name)
+            fn = getattr(sys.modules[module_name], function)
         except (ImportError, AttributeError):
             ctx.stderr.write("capsa: " + name + ": this command is not available in this build ("
                              + module_name + "." + function + " is missing)\n")

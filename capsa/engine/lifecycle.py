@@ -4,10 +4,10 @@ wait, inspect, exec, top, stats, cp, pause, unpause.
 Each `cmd_X(ctx, argv) -> int` parses its own flags with capsa.engine.options; the runtime is
 reached only through capsa.engine.runtimes. Heavy or optional modules are imported lazily.
 """
-import json
 import os
 import time
 
+from capsa import jsonlite
 from capsa.errors import CapsaError, StateError, UsageError
 from capsa.engine.options import build_help, parse_options
 from capsa.engine.store import ContainerStore, format_time
@@ -469,6 +469,7 @@ def build_go_template(fmt, row):
             raise UsageError("unterminated {{ in --format", field="--format")
         key = fmt[start + 2:end].strip()
         if key == "json .":
+            import json
             out.append(json.dumps(row, sort_keys=True))
         elif key.startswith("."):
             name = key[1:]
@@ -545,8 +546,8 @@ def cmd_inspect(ctx, argv):
     for ref in refs:
         record = store.lookup(ref)
         try:
-            with open(store.path(record["id"], "bundle", "config.json")) as f:
-                spec = json.load(f)
+            with open(store.path(record["id"], "bundle", "config.json"), "rb") as f:
+                spec = jsonlite.loads(f.read())
         except (OSError, ValueError):
             spec = None
         state = store.state(record["id"])
@@ -585,8 +586,8 @@ def cmd_exec(ctx, argv):
             raise StateError("container " + pos[0] + " is not running", field="exec")
         proc = build_exec_process(ctx, store, record, opts, pos[1:])
         from capsa.engine.prepare import read_rootfs_lookup
-        with open(store.path(record["id"], "bundle", "config.json")) as f:
-            rootfs = json.load(f)["root"]["path"]
+        with open(store.path(record["id"], "bundle", "config.json"), "rb") as f:
+            rootfs = jsonlite.loads(f.read())["root"]["path"]
         problem = read_rootfs_lookup(rootfs, proc["args"][0], proc["env"])
         if problem:
             err = CapsaError(problem[1], field="exec")
@@ -599,7 +600,7 @@ def cmd_exec(ctx, argv):
         proc_path = os.path.join(exec_dir, tag + ".json")
         pid_path = os.path.join(exec_dir, tag + ".pid")
         with open(proc_path, "w") as f:
-            json.dump(proc, f)
+            f.write(jsonlite.dumps(proc))
     except CapsaError as err:
         ctx.stderr.write("capsa: " + err.line() + "\n")
         return err.exit_code if err.exit_code in (126, 127) else 125
@@ -687,8 +688,8 @@ def apply_exec_tty(ctx, store, record, runtime, proc_path, pid_path, interactive
 def build_exec_process(ctx, store, record, opts, args):
     from capsa.engine import specbuild
     from capsa.engine.runflags import build_env
-    with open(store.path(record["id"], "bundle", "config.json")) as f:
-        spec = json.load(f)
+    with open(store.path(record["id"], "bundle", "config.json"), "rb") as f:
+        spec = jsonlite.loads(f.read())
     proc = dict(spec["process"])
     proc["args"] = list(args)
     proc["terminal"] = bool(opts["tty"])
@@ -872,8 +873,8 @@ def cmd_cp(ctx, argv):
         raise UsageError("exactly one of SRC and DEST must be CONTAINER:PATH", field="cp")
     store = ContainerStore(ctx.store_root)
     record = store.lookup(sref or dref)
-    with open(store.path(record["id"], "bundle", "config.json")) as f:
-        rootfs = json.load(f)["root"]["path"]
+    with open(store.path(record["id"], "bundle", "config.json"), "rb") as f:
+        rootfs = jsonlite.loads(f.read())["root"]["path"]
     if sref:
         apply_copy_out(rootfs, spath, dpath)
     else:

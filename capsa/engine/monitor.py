@@ -3,10 +3,10 @@ parent (child subreaper), writes its output to ctr.log, records its exit, and ap
 --restart — in the foreground `capsa run` process or in a detached monitor, with no daemon.
 Imports capsa.engine.{store,runtimes}, capsa.syscalls.kernel (prctl) and the standard library.
 """
-import json
 import os
 import time
 
+from capsa import jsonlite
 from capsa.errors import CapsaError
 from capsa.engine.store import format_time, read_pid_start
 
@@ -475,7 +475,7 @@ def apply_detached_monitor(store, record, runtime, timeout=60.0):
                     if err is not None:
                         msg["error"] = err.line()
                         msg["code"] = build_exit_code_for_error(err.message)
-                    os.write(w, json.dumps(msg).encode())
+                    os.write(w, jsonlite.dumps(msg).encode())
                     os.close(w)
 
             try:
@@ -505,7 +505,7 @@ def apply_detached_monitor(store, record, runtime, timeout=60.0):
         chunks.append(data)
     os.close(r)
     try:
-        msg = json.loads(b"".join(chunks).decode() or "{}")
+        msg = jsonlite.loads(b"".join(chunks).decode() or "{}")
     except ValueError:
         msg = {}
     if msg.get("ok"):

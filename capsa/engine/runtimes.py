@@ -1,10 +1,12 @@
 """The engine's only way to the OCI runtime: one small interface, two implementations.
 
 OciCliRuntime runs any runtime's runc-compatible command line (capsa-runtime, runc);
-InProcessRuntime calls capsa.runtime.api in this process. Imports os/json lazily-cheap modules only.
+InProcessRuntime calls capsa.runtime.api in this process. Imports os and capsa.jsonlite;
+the rest lazily.
 """
-import json
 import os
+
+from capsa import jsonlite
 
 from capsa.errors import ContainerError, StateError, UsageError
 
@@ -68,7 +70,7 @@ class OciCliRuntime:
         if code != 0:
             raise StateError("container " + id + " does not exist in " + self.name,
                              field="state")
-        return json.loads(data.decode() or "{}")
+        return jsonlite.loads(data.decode() or "{}")
 
     def kill(self, id, signal, all=False):
         args = ["kill"] + (["--all"] if all else []) + [id, str(signal)]
@@ -96,7 +98,7 @@ class OciCliRuntime:
     def update(self, id, resources_dict):
         path = os.path.join(self.root, "update-" + str(os.getpid()) + ".json")
         with open(path, "w") as f:
-            json.dump(resources_dict, f)
+            f.write(jsonlite.dumps(resources_dict))
         try:
             self._run(["update", "--resources", path, id])
         finally:
@@ -200,7 +202,7 @@ def read_runtime_error(log_path):
     message = None
     for line in lines:
         try:
-            item = json.loads(line)
+            item = jsonlite.loads(line)
         except ValueError:
             if line.strip():
                 message = line.strip()

@@ -2,11 +2,12 @@
 
 Owns naming (STORE/names/NAME holds the id, created O_EXCL so two `--name x` cannot both win),
 lookup by name/id/prefix, atomic JSON writes, and the derived status of a container.
-Imports os/json/time only.
+Imports os/time and capsa.jsonlite only (json's import costs ~8 ms of every `capsa run`).
 """
-import json
 import os
 import time
+
+from capsa import jsonlite
 
 from capsa.errors import StateError
 
@@ -14,14 +15,14 @@ from capsa.errors import StateError
 def write_json_atomic(path, data):
     tmp = path + ".tmp-" + str(os.getpid())
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        f.write(jsonlite.dumps(data, indent=1))
     os.replace(tmp, path)
 
 
 def read_json(path, default=None):
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            return jsonlite.loads(f.read())
     except (OSError, ValueError):
         return default
 
@@ -162,11 +163,71 @@ class ContainerStore:
         return status
 
     def remove(self, record):
-        import shutil
         name = record.get("name")
         if name and self._read_name(name) == record["id"]:
             try:
                 os.unlink(os.path.join(self.names, name))
             except FileNotFoundError:
                 pass
-        shutil.rmtree(self.path(record["id"]), ignore_errors=True)
+        apply_remove_tree(self.path(record["id"]))
+
+
+def apply_remove_tree(path):
+    """Remove a file or a folder tree, fd by fd without following symlinks (a symlink swapped
+    in mid-walk cannot redirect it) and without crossing into other mounts; errors are skipped.
+    Returns the bytes freed (approx.). Not shutil.rmtree: shutil imports bz2 and lzma, ~2 ms of
+    every `capsa run --rm`."""
+    from stat import S_ISDIR
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not S_ISDIR(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError:
+            return 0
+        return st.st_size
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        total = _remove_entries(fd, st.st_dev)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+    return total
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_entries(fd, dev):
+    total = 0
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                if st.st_dev != dev:
+                    continue    # a mount below: its files are not ours to delete
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    total += _remove_entries(sub, dev)
+                finally:
+                    os.close(sub)
+                os.rmdir(entry.name, dir_fd=fd)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+                total += st.st_size
+        except OSError:
+            pass
+    return total
