@@ -9,11 +9,10 @@ import pytest
 
 from capsa.errors import ImageError
 from capsa.syscalls.fake import FakeKernel
-from capsa.engine.images.rootfs import (apply_container_rootfs, apply_release_rootfs,
-                                        build_overlay_options)
+from capsa.engine.images.rootfs import apply_container_rootfs, build_overlay_options
 from capsa.engine.images.store import ImageStore, write_json_atomic
 from capsa.engine.store import apply_remove_tree
-from tests.unit.test_images_rootfs import make_image
+from tests.unit.test_images_rootfs import make_image, release_mounted
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
@@ -122,11 +121,7 @@ def test_rm_containers_get_a_volatile_overlay(tmp_path, monkeypatch, volatile):
     assert data == build_overlay_options(store.resolve("bb")["layer_dirs"], container + "/upper",
                                          container + "/work", volatile)
     assert data.endswith(",volatile") == volatile
-    mounted = {rootfs}
-    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints", lambda: set(mounted))
-    kernel.returns["umount2"] = lambda args: mounted.discard(args[0])
-    apply_release_rootfs(container, kernel=kernel)
-    assert kernel.calls_of("umount2") == [(rootfs, 0)]
+    release_mounted(monkeypatch, kernel, container, rootfs)
     assert os.listdir(container) == []
 
 

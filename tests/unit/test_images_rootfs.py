@@ -24,6 +24,15 @@ def make_image(store, tmp_path, name="bb"):
     return store.import_rootfs(str(tar), name)
 
 
+def release_mounted(monkeypatch, kernel, container, rootfs):
+    """apply_release_rootfs with `rootfs` shown as mounted until FakeKernel unmounts it."""
+    mounted = {rootfs}
+    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints", lambda: set(mounted))
+    kernel.returns["umount2"] = lambda args: mounted.discard(args[0])
+    apply_release_rootfs(container, kernel=kernel)
+    assert kernel.calls_of("umount2") == [(rootfs, 0)]
+
+
 def test_overlay_options_put_the_top_layer_first():
     assert build_overlay_options(["/l/bottom", "/l/top"], "/c/upper", "/c/work") == \
         "lowerdir=/l/top:/l/bottom,upperdir=/c/upper,workdir=/c/work"
@@ -68,11 +77,7 @@ def test_image_rootfs_is_an_overlay_and_release_undoes_it(tmp_path, readonly, mo
     assert store.users(image) == [container]
     with pytest.raises(ImageError):
         store.remove("bb")
-    mounted = {rootfs}
-    monkeypatch.setattr("capsa.engine.images.rootfs.read_mountpoints", lambda: set(mounted))
-    kernel.returns["umount2"] = lambda args: mounted.discard(args[0])
-    apply_release_rootfs(container, kernel=kernel)
-    assert kernel.calls_of("umount2") == [(rootfs, 0)]
+    release_mounted(monkeypatch, kernel, container, rootfs)
     assert store.users(image) == []
     assert os.listdir(container) == []
     assert os.listdir(store.path("attachments")) == []
