@@ -81,10 +81,10 @@ def _run_or_create(ctx, argv, command):
             from capsa.engine.output import write_json_out
             write_json_out(ctx, build_dry_run(ctx, req, runtime))
             return 0
+        if command == "run" and hasattr(runtime, "warm_up"):
+            runtime.warm_up()
         t1 = time.monotonic()
         record = apply_prepare_container(ctx, req, runtime, trace)
-        record["runtime_path"] = getattr(runtime, "binary", None)
-        ContainerStore(ctx.store_root).save(record)
         if trace:
             trace("prepare container", time.monotonic() - t1)
     except CapsaError as err:
@@ -161,7 +161,7 @@ def apply_remove_files(store, record, volumes=False, ctx_root=None):
             NetworkManager(os.path.join(root, "network")).detach(record["id"])
         except (ImportError, CapsaError):
             pass
-    if volumes:
+    if volumes and record.get("anon_volumes"):
         from capsa.engine.volumes import VolumeStore
         vols = VolumeStore(root)
         for name in record.get("anon_volumes", []):

@@ -179,7 +179,7 @@ class Monitor:
     def finish(self):
         if self.record.get("rm"):
             from capsa.engine.lifecycle import apply_remove_files
-            apply_remove_files(self.store, self.record, volumes=True)
+            self.step("remove (--rm)", apply_remove_files, self.store, self.record, True)
 
     def cleanup_runtime(self):
         try:

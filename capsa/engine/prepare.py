@@ -135,7 +135,7 @@ def read_host_caps():
 def check_rlimits(ulimits, host_caps):
     """Without CAP_SYS_RESOURCE no runtime can raise a limit above capsa's own hard limit: say so
     before the runtime fails with a bare EPERM."""
-    if "CAP_SYS_RESOURCE" in host_caps:
+    if not ulimits or "CAP_SYS_RESOURCE" in host_caps:
         return
     import resource
     for item in ulimits:
@@ -334,6 +334,7 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
         record = build_record(req, id, runtime.name if hasattr(runtime, "name") else str(runtime),
                               req["image"] or req["rootfs"], stop_signal, declared)
         record["runtime_arg"] = req["runtime"]
+        record["runtime_path"] = getattr(runtime, "binary", None)
         record["args"] = spec["process"]["args"]
         record["anon_volumes"] = [v for v, _, anon in volumes_made if anon]
         record["hostname"] = facts["hostname"]

@@ -126,6 +126,18 @@ class InProcessRuntime:
                              hint="use --runtime runc or capsa-runtime for this container")
         return api
 
+    def warm_up(self):
+        """Called as a foreground run begins, before the container is prepared. The first write
+        to a cgroup.procs in a while waits out an RCU grace period (10-15 ms here); the
+        runtime's warm-up child pays it in parallel with the engine's image and spec work, so
+        the init's own join is quick (measured: `run --rm busybox true` 64 -> 58 ms median).
+        Started any later (at create), the join waits anyway. The runtime's create reaps it."""
+        try:
+            from capsa.runtime.launch import start_cgroup_warmup
+        except ImportError:
+            return
+        start_cgroup_warmup()
+
     def create(self, id, bundle, pid_file, console_socket=None, stdio=None):
         api = self._api("create")
         os.makedirs(self.root, mode=0o700, exist_ok=True)

@@ -164,3 +164,53 @@ def test_remove_tree_does_not_follow_symlinks(tmp_path):
     apply_remove_tree(str(tmp_path / "dirlink"))
     assert not os.path.lexists(str(tmp_path / "dirlink"))
     assert (outside / "keep").exists()
+
+
+class _WarmRecorder:
+    name = "recorder"
+
+    def __init__(self):
+        self.warmed = 0
+
+    def warm_up(self):
+        self.warmed += 1
+
+
+@pytest.mark.parametrize("command,args,warmed", [
+    ("run", ["--pull", "never", "nosuch-image", "true"], 1),
+    ("create", ["--pull", "never", "nosuch-image", "true"], 0),
+    ("run", ["--dry-run", "--pull", "never", "nosuch-image", "true"], 0),
+])
+def test_a_foreground_run_warms_the_runtime_up_before_preparing(tmp_path, monkeypatch, command,
+                                                                args, warmed):
+    import io
+    from capsa.engine import cli
+    runtime = _WarmRecorder()
+    monkeypatch.setattr("capsa.engine.runtimes.build_runtime", lambda name, root: runtime)
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([command] + args, cli.Context(str(tmp_path), stdout=out, stderr=err))
+    assert code == 125 and "nosuch-image" in err.getvalue()
+    assert runtime.warmed == warmed
+    containers = os.path.join(str(tmp_path), "containers")
+    assert not os.path.isdir(containers) or os.listdir(containers) == []
+
+
+def test_in_process_warm_up_is_the_runtime_cgroup_warm_up(tmp_path, monkeypatch):
+    from capsa.engine.runtimes import InProcessRuntime
+    calls = []
+    monkeypatch.setattr("capsa.runtime.launch.start_cgroup_warmup", lambda: calls.append(1))
+    InProcessRuntime(str(tmp_path)).warm_up()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("raw,path", [
+    (b"/plain/path", "/plain/path"),
+    (b"/with\\040space", "/with space"),
+    (b"/back\\134slash", "/back\\slash"),
+    (b"/tab\\011nl\\012end", "/tab\tnl\nend"),
+    ("/caf\u00e9".encode(), "/caf\u00e9"),
+    (b"/not\\9octal\\", "/not\\9octal\\"),
+])
+def test_mountinfo_paths_are_unescaped_without_the_codec(raw, path):
+    from capsa.engine.images.rootfs import build_unescaped
+    assert build_unescaped(raw) == path

@@ -224,9 +224,26 @@ def read_mountpoints():
     points = set()
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            raw = line.split(b" ")[4]
-            points.add(raw.decode("unicode_escape").encode("latin-1").decode(errors="replace"))
+            points.add(build_unescaped(line.split(b" ")[4]))
     return points
+
+
+def build_unescaped(raw):
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo (octal).
+    By hand rather than the unicode_escape codec, whose import costs every `capsa run --rm`."""
+    if b"\\" not in raw:
+        return raw.decode(errors="replace")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        octal = raw[i + 1:i + 4]
+        if raw[i] == 0x5c and len(octal) == 3 and all(0x30 <= c <= 0x37 for c in octal):
+            out.append(int(octal, 8) & 0xff)
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode(errors="replace")
 
 
 def _undo(kernel, step):
