@@ -406,3 +406,15 @@ def test_every_device_program_the_plan_builds_loads(cgroup):
         fd = KERNEL.bpf_load_device_program(build_bpf_bytes(
             [tuple(insn) for insn in plan["devices"]["program"]]))
         os.close(fd)
+
+
+def test_blkio_weight_lands_in_bfq_when_cfq_is_gone(cgroup):
+    _needs(read_layout(), "blkio")
+    plan = cgroup({"blockIO": {"weight": 300}})
+    path = plan["paths"]["blkio"]
+    if os.path.exists(path + "/blkio.weight"):
+        assert open(path + "/blkio.weight").read().strip() == "300"
+    elif os.path.exists(path + "/blkio.bfq.weight"):
+        assert open(path + "/blkio.bfq.weight").read().split()[-1] == "300"
+    else:
+        pytest.skip("kernel has neither CFQ nor BFQ blkio weights")
