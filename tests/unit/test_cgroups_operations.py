@@ -112,3 +112,40 @@ def test_a_created_container_can_be_paused_and_resumed(container):
     assert container["fs"].read("freezer/ctr/freezer.state") == "FROZEN"
     operations.apply_pause(root, "c1", False, kernel)
     assert container["fs"].read("freezer/ctr/freezer.state") == "THAWED"
+
+
+def _cli(container, *argv, stdin=None):
+    """capsa-runtime's main() in-process; the real Kernel only writes the tmpdir's files."""
+    import io
+    import sys
+    from capsa.runtime.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr, sys.stdin
+    sys.stdout, sys.stderr = out, err
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        status = main(["--root", container["root"]] + list(argv))
+    finally:
+        sys.stdout, sys.stderr, sys.stdin = saved
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_commands_through_the_command_line(container):
+    fs = container["fs"]
+    assert _cli(container, "update", "--pids-limit", "9", "--memory", "2m", "c1")[0] == 0
+    assert fs.read("pids/ctr/pids.max") == "9"
+    assert fs.read("memory/ctr/memory.limit_in_bytes") == str(2 << 20)
+    assert _cli(container, "update", "-r", "-", "c1", stdin='{"pids":{"limit":4}}')[0] == 0
+    assert fs.read("pids/ctr/pids.max") == "4"
+    status, _, err = _cli(container, "update", "--memory", "huge", "c1")
+    assert status != 0 and err.count("\n") == 1 and "--memory" in err
+    assert _cli(container, "pause", "c1")[0] == 0
+    assert fs.read("freezer/ctr/freezer.state") == "FROZEN"
+    assert _cli(container, "resume", "c1")[0] == 0
+    status, out, _ = _cli(container, "events", "--stats", "c1")
+    assert status == 0 and json.loads(out)["data"]["pids"]["limit"] == 4
+    status, out, _ = _cli(container, "ps", "--format", "json", "c1")
+    assert status == 0 and json.loads(out) == [container["sleeper"].pid]
+    status, _, err = _cli(container, "pause", "nosuch")
+    assert status != 0 and "does not exist" in err
