@@ -285,8 +285,9 @@ def main(argv=None):
             raise UsageError("no such command %r" % name, hint="see capsa-runtime --help")
         ctx.command = name
         module_name, _, _, flags = COMMANDS[name]
+        # exec and ps pass everything after the container id on (a command; ps options)
         cmd_opts, args = parse_flags(flags + ((("--help", "-h"), "bool", "help"),), rest[1:],
-                                     name == "exec")
+                                     name in ("exec", "ps"))
         if cmd_opts.get("help"):
             sys.stdout.write(build_usage(name))
             return 0

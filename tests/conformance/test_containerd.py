@@ -124,7 +124,7 @@ def ps_pause_resume(runtime, ctr):
                 "resumed": read_tasks(c.client)[name][1]}
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_ctr_ps_pause_resume(observe, ctr):
     """ctr task ps lists every process of the container; pause/resume change its status."""
     assert observe(ps_pause_resume, ctr) == {"ps_lists_all": True, "paused": "PAUSED",

@@ -165,7 +165,7 @@ def pause_unpause(runtime, podman, tmp):
         pm("rm", "--force", "--time", "0", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_pause_unpause(observe, podman, tmp_path):
     assert observe(pause_unpause, podman, str(tmp_path)) == {
         "paused": {"status": "paused", "ticking": False},
@@ -187,7 +187,7 @@ def update_memory(runtime, podman):
         pm("rm", "--force", name)
 
 
-@pytest.mark.claimed()
+@pytest.mark.claimed("capsa-runtime")
 def test_update_memory(observe, podman):
     assert observe(update_memory, podman) == {
         "before": str(64 << 20), "after": str(128 << 20)}

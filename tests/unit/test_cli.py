@@ -94,3 +94,8 @@ def test_rootless_flag_values(capsys, tmp_path):
     assert cli.main(["--rootless", "maybe", "--root", str(tmp_path), "list"]) == 2
     assert "invalid --rootless 'maybe'" in capsys.readouterr().err
     assert cli.main(["--rootless", "auto", "--root", str(tmp_path), "list", "-q"]) == 0
+
+
+def test_ps_options_after_the_id_are_passed_on():
+    opts, args = cli.parse_flags(cli.COMMANDS["ps"][3], ["--format", "json", "ctr", "-ef"], True)
+    assert opts == {"format": "json"} and args == ["ctr", "-ef"]
