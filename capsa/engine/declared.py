@@ -202,6 +202,9 @@ def build_limits(cfg):
         mem["limit"] = cfg["max_physical_memory"]
     if "max_memory" in cfg:
         mem["swap"] = cfg["max_memory"]
+        # memory+swap alone: physical use cannot exceed it either, and cgroup v1 refuses a
+        # memsw limit without a memory limit (the rule capsa.runtime.cgroups.limits applies)
+        mem.setdefault("limit", cfg["max_memory"])
     if mem:
         res["memory"] = mem
     if "max_processes" in cfg:

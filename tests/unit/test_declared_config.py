@@ -231,3 +231,12 @@ def test_time_namespace_through_the_kernel_seam():
     mono, boot = text.splitlines()
     assert mono.startswith("monotonic -") and boot.startswith("boottime -")
     assert int(boot.split()[1]) <= 0 and int(mono.split()[1]) <= 0
+
+
+def test_max_memory_alone_caps_memory_too():
+    """cgroup v1 refuses memsw without a memory limit; physical use cannot exceed the total."""
+    from capsa.engine.declared import build_limits
+    assert build_limits({"max_memory": 64 << 20})["memory"] == {"limit": 64 << 20,
+                                                                "swap": 64 << 20}
+    assert build_limits({"max_memory": 64 << 20, "max_physical_memory": 32 << 20})["memory"] == \
+        {"limit": 32 << 20, "swap": 64 << 20}
