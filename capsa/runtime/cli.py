@@ -288,6 +288,8 @@ def main(argv=None):
         # exec and ps pass everything after the container id on (a command; ps options)
         cmd_opts, args = parse_flags(flags + ((("--help", "-h"), "bool", "help"),), rest[1:],
                                      name in ("exec", "ps"))
+        if name == "ps" and args[1:2] == ["--"]:
+            del args[1]  # `ps <id> -- -o pid` and `ps <id> -o pid` mean the same
         if cmd_opts.get("help"):
             sys.stdout.write(build_usage(name))
             return 0

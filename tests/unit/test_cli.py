@@ -99,3 +99,11 @@ def test_rootless_flag_values(capsys, tmp_path):
 def test_ps_options_after_the_id_are_passed_on():
     opts, args = cli.parse_flags(cli.COMMANDS["ps"][3], ["--format", "json", "ctr", "-ef"], True)
     assert opts == {"format": "json"} and args == ["ctr", "-ef"]
+
+
+def test_ps_double_dash_before_ps_options_is_dropped(monkeypatch, tmp_path):
+    seen = {}
+    import capsa.runtime.commands.ps as ps
+    monkeypatch.setattr(ps, "run", lambda ctx, opts, args: seen.setdefault("args", args) and 0)
+    cli.main(["--root", str(tmp_path), "ps", "ctr", "--", "-o", "pid"])
+    assert seen["args"] == ["ctr", "-o", "pid"]
