@@ -24,6 +24,7 @@ _scan = _json.make_scanner(_Context)
 _escape = _json.encode_basestring_ascii
 _compact = _json.make_encoder(None, None, _escape, None, ":", ",", False, False, True)
 _spaced = _json.make_encoder(None, None, _escape, None, ": ", ", ", False, False, True)
+_sorted = _json.make_encoder(None, None, _escape, None, ":", ",", True, False, True)
 
 
 def loads(text):
@@ -50,8 +51,11 @@ def _fail(message, text, position):
     raise JSONDecodeError(message, text, position)
 
 
-def dumps(value, indent=None, compact=True):
-    """Serialise; compact separators by default, or indented like json.dumps(indent=N)."""
+def dumps(value, indent=None, compact=True, sort_keys=False):
+    """Serialise; compact separators by default, or indented like json.dumps(indent=N);
+    sort_keys (compact only) gives a canonical text, e.g. for a content hash."""
+    if sort_keys:
+        return "".join(_sorted(value, 0))
     if indent is None:
         return "".join((_compact if compact else _spaced)(value, 0))
     parts = []

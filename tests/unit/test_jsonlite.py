@@ -34,3 +34,9 @@ def test_whitespace_and_bom():
 def test_malformed_raises_value_error(bad):
     with pytest.raises(ValueError):
         jsonlite.loads(bad)
+
+
+def test_sort_keys_matches_json():
+    value = {"b": [3, {"z": 1, "a": None}], "a": "ü"}
+    assert jsonlite.dumps(value, sort_keys=True) == json.dumps(value, sort_keys=True,
+                                                               separators=(",", ":"))

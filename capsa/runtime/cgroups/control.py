@@ -69,7 +69,7 @@ def build_update_resources(opts, read_text):
                              % flag.replace("_", "-"))
     source = opts.get("resources")
     if source:
-        import json
+        from capsa import jsonlite as json
         text = read_text(source)
         try:
             resources = json.loads(text)
@@ -95,11 +95,11 @@ def build_update_resources(opts, read_text):
 
 def build_event(kind, container_id, data=None):
     """One line of `events` output, as runc prints it: {"type", "id", "data"}."""
-    import json
+    from capsa import jsonlite as json
     event = {"type": kind, "id": container_id}
     if data is not None:
         event["data"] = data
-    return json.dumps(event, separators=(",", ":")) + "\n"
+    return json.dumps(event) + "\n"
 
 
 def build_ps_table(output, pids):

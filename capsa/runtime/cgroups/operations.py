@@ -109,7 +109,7 @@ def read_ps(root, container_id, fmt="table", ps_args=()):
     _, _, plan = read_live_container(root, container_id)
     pids = read_pids(plan)
     if fmt == "json":
-        import json
+        from capsa import jsonlite as json
         return json.dumps(pids) + "\n"
     import subprocess  # only `ps` needs a child program; never on the create path
     from capsa.runtime.cgroups.control import build_ps_table
