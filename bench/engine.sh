@@ -1,6 +1,7 @@
 #!/bin/bash
-# capsa engine vs podman, side by side on the same busybox image, runc underneath, no network:
+# capsa engine vs podman, side by side on the same busybox image, no network:
 #   1. `run --rm busybox true` wall time (hyperfine, warmup 3) and the median ratio capsa/podman
+#      (capsa's default in-process runtime, and runc as podman uses), then capsa's --trace steps
 #   2. the host memory an idle detached container costs: PSS of capsa's monitor vs conmon
 # Everything lives in a private temp folder (podman gets an isolated store, as in
 # /work/shared/notes/clients.md). Usage: bash bench/engine.sh [RUNS]   (needs root)
@@ -54,19 +55,35 @@ podman import -q --change 'CMD ["sh"]' "$T/busybox.tar" localhost/busybox:latest
 $CAPSA run --rm busybox true
 
 echo "== run --rm busybox true ($RUNS runs, warmup 3)"
+# capsa: the default, capsa's runtime in-process; capsa-runc: runc underneath, as podman;
+# python: the interpreter alone, the floor under any capsa command
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$T/run.json" \
     -n capsa "$CAPSA run --rm busybox true" \
-    -n capsa-inprocess "$CAPSA --runtime inprocess run --rm busybox true" \
-    -n podman "podman run --rm --network none localhost/busybox true"
+    -n capsa-runc "$CAPSA --runtime runc run --rm busybox true" \
+    -n podman "podman run --rm --network none localhost/busybox true" \
+    -n python "/usr/bin/python3 -I -S -c pass"
 python3 - "$T/run.json" <<'EOF'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 p = r["podman"]["median"]
-for name in ("capsa", "capsa-inprocess"):
+for name in ("capsa", "capsa-runc", "python"):
     c = r[name]["median"]
     print("median %s %.1f ms, podman %.1f ms, ratio %s/podman %.2f" % (name, c * 1e3, p * 1e3,
                                                                       name, c / p))
 EOF
+
+echo "== where capsa's time goes: median of 10 runs of run --rm --trace busybox true"
+for i in $(seq 10); do $CAPSA run --rm --trace busybox true 2>&1; done | python3 -c '
+import sys
+steps = {}
+for line in sys.stdin:
+    parts = line.split(None, 3)
+    if parts[:1] == ["trace"]:
+        steps.setdefault(parts[3].strip(), []).append(float(parts[1]))
+for name, values in steps.items():
+    values.sort()
+    print("%-20s %6.1f ms" % (name, values[len(values) // 2]))
+'
 
 echo "== idle detached container: host memory of its supervisor"
 pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
