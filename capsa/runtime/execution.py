@@ -142,8 +142,7 @@ def exec_process(ctx, kernel, container_id, opts, args):
     if not detach:
         kernel.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the process reparents to us
     exec_plan = {"process": process, "security": security, "flags": flags,
-                 "needs_fork": needs_fork, "preserve_fds": int(opts.get("preserve_fds") or 0),
-                 "rootfs": plan["rootfs"]}
+                 "needs_fork": needs_fork, "preserve_fds": int(opts.get("preserve_fds") or 0)}
     child = os.fork()
     if child == 0:
         parent_end.close()

@@ -122,7 +122,10 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         "id": container_id, "pid": 0, "pid_start": None, "bundle": bundle,
         "rootfs": plan["rootfs_path"], "created": _now_rfc3339(), "owner": "",
         "ociVersion": plan["oci_version"], "annotations": plan["annotations"],
-        "cgroup": plan["cgroup"], "hooks": plan["hooks"], "plan": plan, "spec": spec,
+        # of the plan, exec needs only the namespaces: start/kill/delete read this file, so it
+        # stays small (the rootfs steps and seccomp rules are rebuilt from the spec if needed)
+        "cgroup": plan["cgroup"], "hooks": plan["hooks"],
+        "plan": {"namespaces": plan["namespaces"]}, "spec": spec,
         "dir": directory,
     }
     init_pid = child = 0
