@@ -47,10 +47,6 @@ def parse_signal(text):
     raise UsageError("unknown signal %r" % text, hint="use a name like TERM or a number like 15")
 
 
-def load(root, container_id):
-    return states.load(root, container_id)
-
-
 def start(root, container_id, warn=None):
     """Release a created container's init from its exec fifo, then run poststart hooks."""
     record = states.load(root, container_id)

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests.integration.test_runtime import add_user_namespace
 from tests.integration.test_runtime import rt  # noqa: F401  (the fixture: private root, cleanup)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts)")
@@ -108,39 +109,27 @@ def test_cve_2019_5736_init_not_dumpable_during_setup(rt):
     becomes root of the new user namespace (setresuid). Shown by hand: with the child made
     dumpable again after that setresuid, readlink succeeds and this test fails."""
     import ctypes
-    import shutil
-    import tempfile
-    rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-dumpable-"))
-    os.chmod(rt.tmp, 0o755)
-
-    def mutate(spec):
-        spec["linux"]["namespaces"].append({"type": "user"})
-        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 210000, "size": 65536}]
-        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 210000, "size": 65536}]
-    try:
-        bundle = rt.bundle(["true"], mutate=mutate)
-        rt.ids.append("dump")
-        created = rt("create", "--bundle", bundle, "dump")
-        assert created.returncode == 0, created.stderr
-        pid = json.loads(rt("state", "dump").stdout)["pid"]
-        child = os.fork()
-        if child == 0:
+    rt.traversable("capsa-dumpable-")
+    bundle = rt.bundle(["true"], mutate=lambda spec: add_user_namespace(spec, 210000))
+    rt.ids.append("dump")
+    created = rt("create", "--bundle", bundle, "dump")
+    assert created.returncode == 0, created.stderr
+    pid = json.loads(rt("state", "dump").stdout)["pid"]
+    child = os.fork()
+    if child == 0:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open("/proc/%d/ns/user" % pid, os.O_RDONLY)
+            if libc.setns(fd, 0x10000000) != 0:
+                os._exit(3)
             try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                fd = os.open("/proc/%d/ns/user" % pid, os.O_RDONLY)
-                if libc.setns(fd, 0x10000000) != 0:
-                    os._exit(3)
-                try:
-                    os.readlink("/proc/%d/exe" % pid)
-                    os._exit(1)
-                except PermissionError:
-                    os._exit(0)
-            except BaseException:
-                os._exit(2)
-        _, code = os.waitpid(child, 0)
-        rt("delete", "--force", "dump")
-    finally:
-        shutil.rmtree(rt.tmp, ignore_errors=True)
+                os.readlink("/proc/%d/exe" % pid)
+                os._exit(1)
+            except PermissionError:
+                os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, code = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(code) == 0
 
 
@@ -426,39 +415,27 @@ def test_host_device_nodes_unchanged_after_userns_and_exec_user(rt, userns):
     its /dev/null exception), the node became 1000:1000 in the case without a user namespace
     and the test failed (inside a user namespace the kernel refuses that chown: EPERM)."""
     nodes = ["/dev/null", "/dev/zero", "/dev/tty", "/dev/full", "/dev/random", "/dev/urandom"]
-    import shutil
-    import tempfile
-    rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-devnodes-"))
-    os.chmod(rt.tmp, 0o755)
+    rt.traversable("capsa-devnodes-")
     own = str(rt.tmp / "null")
     os.mknod(own, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.chmod(own, 0o666)
     nodes.append(own)
     before = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
                   for node in nodes)
-    try:
-        def mutate(spec):
-            if userns:
-                spec["linux"]["namespaces"].append({"type": "user"})
-                spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000,
-                                                 "size": 65536}]
-                spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000,
-                                                 "size": 65536}]
-        bundle = rt.bundle(["sleep", "30"], mutate=mutate)
-        rt.ids.append("devs")
-        assert rt("run", "-d", "--bundle", bundle, "devs").returncode == 0
-        with open(own, "rb") as stdin:
-            result = subprocess.run(rt.cmd + ["--root", str(rt.root), "exec", "--user",
-                                              "1000:1000", "devs", "sh", "-c",
-                                              "echo x > /dev/null; head -c 1 /dev/zero >/dev/null;"
-                                              " echo ok"],
-                                    stdin=stdin, capture_output=True, text=True, timeout=60)
-        assert result.stdout.strip() == "ok", result.stderr
-        after = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
-                     for node in nodes)
-        rt("delete", "--force", "devs")
-    finally:
-        shutil.rmtree(rt.tmp, ignore_errors=True)
+    bundle = rt.bundle(["sleep", "30"],
+                       mutate=(lambda spec: add_user_namespace(spec, 300000)) if userns else None)
+    rt.ids.append("devs")
+    assert rt("run", "-d", "--bundle", bundle, "devs").returncode == 0
+    with open(own, "rb") as stdin:
+        result = subprocess.run(rt.cmd + ["--root", str(rt.root), "exec", "--user",
+                                          "1000:1000", "devs", "sh", "-c",
+                                          "echo x > /dev/null; head -c 1 /dev/zero >/dev/null;"
+                                          " echo ok"],
+                                stdin=stdin, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
+    after = dict((node, (os.stat(node).st_uid, os.stat(node).st_gid, os.stat(node).st_mode))
+                 for node in nodes)
+    rt("delete", "--force", "devs")
     assert after == before
 
 

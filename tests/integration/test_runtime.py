@@ -33,12 +33,30 @@ def _cgroup_dirs(container_id):
     return found
 
 
+def add_user_namespace(spec, host_id):
+    """A new user namespace mapping container ids 0-65535 to host ids from `host_id`."""
+    spec["linux"]["namespaces"].append({"type": "user"})
+    spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": host_id, "size": 65536}]
+    spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": host_id, "size": 65536}]
+
+
 class Runtime:
     def __init__(self, tmp_path):
         self.tmp = tmp_path
         self.root = tmp_path / "state"
         self.cmd = capsa_runtime_command()
         self.ids = []
+        self.made = []
+
+    def traversable(self, prefix):
+        """Put the next bundles in a 0755 folder (the fixture removes it): as with runc, a
+        container root mapped to another host uid must reach its rootfs, and pytest's own tmp
+        root is 0700."""
+        import tempfile
+        self.tmp = type(self.tmp)(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(self.tmp, 0o755)
+        self.made.append(self.tmp)
+        return self.tmp
 
     def __call__(self, *argv, timeout=60):
         """Run the runtime with stdout/stderr in files, not pipes: a created or detached
@@ -72,6 +90,9 @@ def rt(tmp_path):
     runtime = Runtime(tmp_path)
     yield runtime
     delete_all(runtime.cmd, runtime.root)
+    import shutil
+    for folder in runtime.made:
+        shutil.rmtree(folder, ignore_errors=True)
     assert not os.path.exists(runtime.root) or os.listdir(runtime.root) == []
     for container_id in runtime.ids:
         assert _cgroup_dirs(container_id) == []
@@ -160,22 +181,10 @@ def test_exec_joins_namespaces_and_reports_status(rt):
 
 
 def test_user_namespace_mappings(rt):
-    """As with runc, the rootfs must be reachable by the container's root (host uid 200000):
-    pytest's own tmp root is 0700, so this bundle lives in a traversable folder."""
-    import shutil
-    import tempfile
-    rt.tmp = type(rt.tmp)(tempfile.mkdtemp(prefix="capsa-userns-"))
-    os.chmod(rt.tmp, 0o755)
-
-    def mutate(spec):
-        spec["linux"]["namespaces"].append({"type": "user"})
-        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
-        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
-    try:
-        result = rt.run(["sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /proc/1"],
-                        mutate=mutate)
-    finally:
-        shutil.rmtree(rt.tmp)
+    """The container's root is host uid 200000 and sees itself as 0."""
+    rt.traversable("capsa-userns-")
+    result = rt.run(["sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /proc/1"],
+                    mutate=lambda spec: add_user_namespace(spec, 200000))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
     assert lines[0].split() == ["0", "200000", "65536"]
