@@ -56,18 +56,6 @@ def delete(root, container_id, force=False):
     delete_container(root, container_id, force=force)
 
 
-def list_states(root):
-    from capsa.errors import StateError
-    from capsa.runtime import state as states
-    result = []
-    for container_id in states.list_ids(root):
-        try:
-            result.append(states.build_oci_state(states.load(root, container_id)))
-        except StateError:
-            continue
-    return result
-
-
 def exec(root, container_id, process_json_path, pid_file=None, detach=True, console_socket=None,
          preserve_fds=0):
     """Run the process described by an OCI process JSON file in the container; returns its pid
