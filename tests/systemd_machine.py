@@ -171,8 +171,8 @@ def sweep_leftovers(layout, min_age=60):
 
 class SystemdMachine:
     """A machine booted from an overlay of / with systemd as PID 1 in new cgroup, mount, pid,
-    uts and ipc namespaces. `workdir` must be empty or absent: the machine removes it at
-    shutdown. `binds` are host folders seen at the same path inside."""
+    uts, ipc and network namespaces (only lo in it). `workdir` must be empty or absent: the
+    machine removes it at shutdown. `binds` are host folders seen at the same path inside."""
 
     def __init__(self, workdir, binds=()):
         self.workdir = os.path.abspath(str(workdir))
@@ -309,11 +309,13 @@ class SystemdMachine:
                     with open(os.path.join(d, knob), "w") as dst:
                         dst.write(value)
         # pdeathsig + --kill-child: if the test process dies hard, unshare and then systemd
-        # (PID 1 of the new pid namespace, so all of it) die too
+        # (PID 1 of the new pid namespace, so all of it) die too. --net: systemd's start-up
+        # brings lo up and raises net.unix.max_dgram_qlen in its network namespace; keep that
+        # off the host's (fs.file-max, which it also raises, has no namespace)
         argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sh"]
         argv += [os.path.join(d, "cgroup.procs") for d in self.cgroup_dirs()] + ["--"]
         argv += ["setpriv", "--pdeathsig", "KILL", "unshare", "--cgroup", "--mount", "--pid",
-                 "--fork", "--uts", "--ipc", "--propagation", "private",
+                 "--fork", "--uts", "--ipc", "--net", "--propagation", "private",
                  "--kill-child=SIGKILL", "/bin/sh", script]
         self._console = open(os.path.join(self.workdir, "console.log"), "wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._console,
@@ -326,18 +328,20 @@ class SystemdMachine:
         state = "no answer"
         while True:
             if self._proc.poll() is not None:
-                raise MachineError("the test machine exited (status %s) before systemd answered;"
-                                   " boot script %s, log:\n%s" % (
-                                       self._proc.returncode,
-                                       os.path.join(self.workdir, "boot.sh"), self.log()))
+                raise MachineError("the test machine exited (status %s) before systemd "
+                                   "answered; its log:\n%s" % (self._proc.returncode, self.log()))
             if self.pid is None:
                 self._find_pid(pidfile)
             if self.pid is not None and os.path.exists(self.path("/run/systemd/private")):
                 remaining = max(1.0, deadline - time.monotonic())
-                answer = self.run(["systemctl", "is-system-running"], timeout=remaining)
-                state = (answer.stdout.strip() or answer.stderr.strip() or "no answer")
-                if state in ("running", "degraded"):
-                    return
+                try:
+                    answer = self.run(["systemctl", "is-system-running"], timeout=remaining)
+                except subprocess.TimeoutExpired:
+                    state = "no answer within %.1fs" % remaining
+                else:
+                    state = answer.stdout.strip() or answer.stderr.strip() or "no answer"
+                    if state in ("running", "degraded"):
+                        return
             if time.monotonic() > deadline:
                 raise MachineError("systemd in the test machine did not come up within %ss "
                                    "(`systemctl is-system-running`: %s); its log:\n%s"

@@ -69,6 +69,9 @@ def test_systemd_is_pid1_and_answers(systemd_machine):
     with open("/proc/%d/status" % machine.pid) as f:
         nspid = [line.split()[1:] for line in f if line.startswith("NSpid:")][0]
     assert nspid[0] == str(machine.pid) and nspid[-1] == "1"
+    for ns in ("pid", "mnt", "cgroup", "uts", "ipc", "net"):
+        assert os.readlink("/proc/%d/ns/%s" % (machine.pid, ns)) != os.readlink(
+            "/proc/self/ns/" + ns), ns
     state = machine.run(["systemctl", "is-system-running"])
     assert state.stdout.strip() in ("running", "degraded"), state
     # run() joined the machine's cgroups first: no "/.." path escapes its cgroup namespace
@@ -115,6 +118,7 @@ def test_scope_lands_in_system_slice_with_its_memory_limit(systemd_machine):
 
 
 @needs_machine
+@pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason="no %s (Debian package runc)" % RUNC)
 def test_runc_systemd_cgroup_baseline(systemd_machine):
     """What runc asks systemd for: the lead's driver mirrors this `systemctl show`."""
     machine = systemd_machine
