@@ -23,8 +23,8 @@ RUN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Moves the shell into every cgroup.procs named before "--", then execs the rest: the only way
 # to be in the machine's cgroups before unshare/nsenter runs (a cgroup namespace is rooted at
 # the cgroups its creator is in; joining one from outside shows "/.." paths).
-JOIN_CGROUPS = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; '
-                'shift; exec "$@"')
+JOIN_CGROUPS = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; '
+                'shift; done; shift; exec "$@"')
 
 
 class MachineError(RuntimeError):
