@@ -139,7 +139,13 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         fifo_dir = os.open(directory, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         from capsa.runtime.cgroups.manager import apply_cgroup_create, apply_cgroup_join
         try:
-            apply_cgroup_create(kernel, plan["cgroup"])
+            if plan["cgroup"].get("systemd"):
+                # systemd makes a unit's cgroups only with a pid to put there: after the fork
+                from capsa.runtime.cgroups.manager import apply_systemd_join as apply_cgroup_join
+                for warning in plan["cgroup"]["systemd"].get("warnings") or ():
+                    ctx.log("warning", warning)
+            else:
+                apply_cgroup_create(kernel, plan["cgroup"])
             made_cgroup = True
         except CapsaError as err:
             # runc's --rootless: cgroups the caller may not create are left out, not fatal

@@ -17,10 +17,20 @@ HOST_INIT_ANNOTATION = "org.capsa.init.host-path"
 
 def read_facts(systemd_cgroup=False):
     """Host facts the plan depends on; cheap reads only."""
-    from capsa.runtime.cgroups.layout import read_layout
+    from capsa.runtime.cgroups.layout import read_layout, read_systemd_facts
     from capsa.runtime.apply.security import read_security_facts
-    return {"cgroup_layout": read_layout(), "security": read_security_facts(),
+    layout = read_layout()
+    if systemd_cgroup and layout["systemd_running"]:
+        layout["systemd"] = read_systemd_facts()
+    return {"cgroup_layout": layout, "security": read_security_facts(),
             "systemd_cgroup": systemd_cgroup}
+
+
+def _mounts_cgroupfs(spec):
+    mounts = spec.get("mounts")
+    return isinstance(mounts, list) and any(isinstance(mount, dict) and
+                                            mount.get("type") in ("cgroup", "cgroup2")
+                                            for mount in mounts)
 
 
 def build_plan(spec, bundle, container_id, facts, options):
@@ -89,7 +99,10 @@ def build_plan(spec, bundle, container_id, facts, options):
         "namespaces": {"new": new, "join": join},
         "userns": userns,
         "needs_fork": needs_fork,
-        "rootfs_needs_cgroupns": cgroupfs_mounted and ("cgroup" in new or "cgroup" in join),
+        # the cgroupfs mount needs the container's cgroup (namespace) before the rootfs; under
+        # --systemd-cgroup its folders exist only once systemd has made the unit
+        "rootfs_needs_cgroupns": (cgroupfs_mounted and ("cgroup" in new or "cgroup" in join)) or
+                                 (bool(cgroup.get("systemd")) and _mounts_cgroupfs(spec)),
         "hostname": hostname,
         "domainname": domainname,
         "sysctl": specs.build_sysctl(linux, new),

@@ -115,6 +115,8 @@ class TmpCgroupKernel(Kernel):
         self.log.append(("mkdir", path))
 
     def rmdir(self, path):
+        if not os.path.isdir(path):
+            return Kernel.rmdir(self, path)  # ENOENT as the kernel says it
         for entry in os.scandir(path):
             if entry.is_file():
                 os.unlink(entry.path)

@@ -29,9 +29,9 @@ SUPPORTED = {
 
 
 def build_cgroup_features():
-    """The `linux.cgroup` object of the features document. systemd is false: the
-    slice:prefix:name path form is understood, but units are not created over D-Bus."""
-    return {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": True}
+    """The `linux.cgroup` object of the features document. systemd: transient units over
+    PID 1's D-Bus (--systemd-cgroup); systemdUser is false: no user-manager bus for rootless."""
+    return {"v1": True, "v2": True, "systemd": True, "systemdUser": False, "rdma": True}
 
 
 def build_resource_keys():

@@ -1,7 +1,7 @@
 """The host's cgroup layout (v1, v2 or hybrid), read from the mounts themselves.
 
-Owns parsing /proc/self/mountinfo and /proc/self/cgroup into plain JSON-serialisable data.
-Imports only os and errors; never writes anything.
+Owns parsing /proc/self/mountinfo and /proc/self/cgroup into plain JSON-serialisable data, and
+the facts the systemd driver needs. Imports only os at load time; never writes anything.
 """
 import os
 
@@ -125,3 +125,12 @@ def read_layout(mountinfo_text=None, cgroup_text=None, v2_controllers=None, syst
         systemd_running = os.path.isdir("/run/systemd/system")
     layout["systemd_running"] = bool(systemd_running)
     return layout
+
+
+def read_systemd_facts():
+    """What the systemd driver's translation needs: systemd's major version (property names
+    changed over time) and /proc/devices' names (systemd allows "char-NAME", not "c 136:*")."""
+    from capsa.runtime.cgroups.systemd import build_proc_devices
+    from capsa.syscalls.systemd import read_systemd_version
+    return {"version": read_systemd_version(),
+            "devices": build_proc_devices(_read_text("/proc/devices"))}

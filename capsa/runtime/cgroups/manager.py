@@ -181,6 +181,23 @@ def apply_cgroup_join(kernel, plan, pid):
         kernel.write_file(path + "/cgroup.procs", str(pid))
 
 
+def apply_systemd_join(kernel, plan, pid):
+    """--systemd-cgroup: systemd makes the container's unit with `pid` already in it, then
+    capsa makes the hierarchies systemd leaves alone, writes every limit and joins them all.
+
+    systemd writes its own idea of each limit when it makes (or reloads) the unit, so the
+    unit's properties carry the same limits (plan["systemd"]) and the cgroupfs writes follow."""
+    unit = plan["systemd"]
+    properties = list(unit["properties"])
+    if not unit["unit"].endswith(".slice"):
+        properties.append(["PIDs", "au", [pid]])
+    kernel.systemd_start_unit(unit["unit"], properties)
+    apply_cgroup_create(kernel, plan)
+    # the unit's folders are this container's, though systemd made some of them
+    plan["existed"] = []
+    apply_cgroup_join(kernel, plan, pid)
+
+
 def _subdirs(path):
     try:
         return [entry.path for entry in os.scandir(path) if entry.is_dir(follow_symlinks=False)]
@@ -213,7 +230,10 @@ def _remove(kernel, dirs, tries=1):
 
 def apply_cgroup_destroy(kernel, plan):
     """rmdir the container's cgroups (and any nested ones) with retries while tasks drain;
-    also empty ancestors this plan created. Dirs that existed before create are left alone."""
+    also empty ancestors this plan created. Dirs that existed before create are left alone.
+    A systemd unit is stopped first: systemd removes the folders it made."""
+    if plan.get("systemd"):
+        kernel.systemd_stop_unit(plan["systemd"]["unit"])
     existed = set(plan.get("existed") or ())
     leaves = [path for path in _dirs(plan) if path not in existed]
     _remove(kernel, leaves, _DESTROY_TRIES)
@@ -369,6 +389,16 @@ def apply_update(kernel, plan, resources):
         rules = build_all_device_rules(resources["devices"], plan.get("node_rules") or [])
         new_plan["device_rules"] = rules
         new_plan["devices"] = build_device_setup(plan["paths"], plan["layout"], rules)
+    unit = plan.get("systemd")
+    if unit:
+        from capsa.runtime.cgroups.systemd import build_device_properties, build_systemd_update
+        properties = build_systemd_update(merged, plan["layout"])
+        if "devices" in resources:
+            properties += build_device_properties(
+                new_plan["device_rules"], (plan["layout"].get("systemd") or {}).get("devices")
+                or {})[0]
+        # systemd first: it rewrites the files from its properties, never the other way round
+        kernel.systemd_set_unit_properties(unit["unit"], properties)
     try:
         apply_writes(kernel, writes)
     except KernelError:

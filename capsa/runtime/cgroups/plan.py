@@ -35,8 +35,9 @@ def build_clean_path(path):
     return ("/" if path.startswith("/") else "") + "/".join(parts)
 
 
-def build_systemd_path(cgroups_path, container_id):
-    """"slice:prefix:name" → the path systemd gives that unit: "a-b.slice" nests in "a.slice"."""
+def build_systemd_names(cgroups_path, container_id):
+    """"slice:prefix:name" → (slice, unit, path): the unit systemd makes and the path it gives
+    that unit, "a-b.slice" nesting in "a.slice" as systemd nests them."""
     if not cgroups_path:
         cgroups_path = "%s:%s:%s" % (_SYSTEMD_DEFAULT_SLICE, _SYSTEMD_PREFIX, container_id)
     parts = cgroups_path.split(":")
@@ -51,6 +52,9 @@ def build_systemd_path(cgroups_path, container_id):
         if "/" in value or value in (".", ".."):
             raise ConfigError("systemd %s %r must not contain \"/\"" % (what, value),
                               field="linux.cgroupsPath")
+    if not name:
+        raise ConfigError("the name part of %r is empty" % cgroups_path,
+                          field="linux.cgroupsPath", hint="e.g. system.slice:capsa:" + container_id)
     if not slice_name.endswith(".slice"):
         raise ConfigError("systemd slice %r must end in .slice" % slice_name,
                           field="linux.cgroupsPath")
@@ -63,9 +67,14 @@ def build_systemd_path(cgroups_path, container_id):
         for index in range(len(words)):
             path += "/" + "-".join(words[:index + 1]) + ".slice"
     if name.endswith(".slice"):
-        return path + "/" + name
+        return slice_name, name, path + "/" + name
     unit = (prefix + "-" if prefix else "") + name + ".scope"
-    return path + "/" + unit
+    return slice_name, unit, path + "/" + unit
+
+
+def build_systemd_path(cgroups_path, container_id):
+    """"slice:prefix:name" → the path systemd gives that unit."""
+    return build_systemd_names(cgroups_path, container_id)[2]
 
 
 def build_cgroup_paths(linux, container_id, layout, systemd=False):
@@ -88,7 +97,9 @@ def build_cgroup_paths(linux, container_id, layout, systemd=False):
                           % cgroups_path, field="linux.cgroupsPath")
     mounts = {}
     for controller, mountpoint in layout["v1"].items():
-        if not controller.startswith("name="):
+        # name=systemd is where legacy systemd tracks a unit's processes: joined under the
+        # systemd driver, so that exec'd processes stay in the container's unit too
+        if not controller.startswith("name=") or (systemd and controller == "name=systemd"):
             mounts[controller] = mountpoint
     if layout.get("v2"):
         mounts["unified"] = layout["v2"]
@@ -555,6 +566,12 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
     writes = build_writes_for(paths, layout, resources)
     node_rules = build_node_rules(linux)
     rules = build_all_device_rules(resources.get("devices"), node_rules)
+    unit = None
+    if systemd:
+        from capsa.runtime.cgroups.systemd import build_systemd_unit
+        slice_name, unit_name, _ = build_systemd_names(linux.get("cgroupsPath") or "",
+                                                       container_id)
+        unit = build_systemd_unit(slice_name, unit_name, container_id, resources, rules, layout)
     enable = []
     unified = paths.get("unified")
     if unified:
@@ -583,7 +600,8 @@ def build_cgroup_plan(linux, container_id, layout, systemd=False):
         "version": PLAN_VERSION,
         "id": container_id,
         "mode": layout["mode"],
-        "systemd": bool(systemd),
+        # the transient unit that owns the cgroups (--systemd-cgroup), else None
+        "systemd": unit,
         "paths": paths,
         "enable": enable,
         "writes": writes,
