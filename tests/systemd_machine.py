@@ -16,7 +16,7 @@ import time
 SYSTEMD = "/lib/systemd/systemd"
 CGROUP_ROOT = "/sys/fs/cgroup"
 UNIT = "capsa-test.target"
-TOOLS = ("unshare", "nsenter", "setpriv", "chroot", "mount", "systemctl")
+TOOLS = ("unshare", "nsenter", "setpriv", "pivot_root", "mount", "umount", "systemctl")
 RUN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
            "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
 
@@ -106,8 +106,14 @@ def build_boot_script(workdir, layout, binds, pidfile):
         ["cp", os.path.join(workdir, UNIT), root + "/etc/systemd/system/" + UNIT],
         ["hostname", "capsa-sd"],
         ["cd", root],
+        # pivot_root, not chroot: a runtime's exec joins the container's mount namespace at
+        # that namespace's root, which a chroot leaves at the host's / (runc lands there too)
+        ["mkdir", "-p", ".oldroot"],
+        ["pivot_root", ".", ".oldroot"],
+        ["umount", "-l", "/.oldroot"],
+        ["cd", "/"],
         # container= makes systemd log to stderr and skip what only a real boot does
-        ["exec", "chroot", ".", "/usr/bin/env", "-i", "container=capsa-test", SYSTEMD,
+        ["exec", "/usr/bin/env", "-i", "container=capsa-test", SYSTEMD,
          "--unit=" + UNIT, "--log-target=console", "--log-level=info"],
     ]
     lines = ["set -e"] + [s if isinstance(s, str) else shlex.join(s) for s in steps]

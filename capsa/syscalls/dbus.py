@@ -224,7 +224,10 @@ class Bus:
 
     def _authenticate(self):
         uid = str(os.geteuid()).encode().hex().encode()
-        self.sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\n")
+        # BEGIN goes with AUTH, as sd-bus's own clients send it. Sent after the OK instead,
+        # systemd 252 now and then left the first call unanswered (seen here in half the runs
+        # of tests/integration/test_systemd_driver.py, each a 30 s timeout).
+        self.sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n")
         reply = b""
         while not reply.endswith(b"\r\n"):
             chunk = self.sock.recv(256)
@@ -233,7 +236,6 @@ class Bus:
             reply += chunk
         if not reply.startswith(b"OK "):
             raise OSError(0, "authentication refused: %r" % reply.strip())
-        self.sock.sendall(b"BEGIN\r\n")
 
     def close(self):
         self.sock.close()
@@ -270,7 +272,7 @@ class Bus:
         while True:
             kind, reply_fields, body = self._receive()
             if kind == SIGNAL:
-                self.signals.append((reply_fields.get(_MEMBER), body))
+                self._keep(reply_fields.get(_MEMBER), body)
                 continue
             if reply_fields.get(_REPLY_SERIAL) != serial:
                 continue
@@ -278,6 +280,11 @@ class Bus:
                 raise BusError(reply_fields.get(_ERROR_NAME, "org.freedesktop.DBus.Error.Failed"),
                                body[0] if body and isinstance(body[0], str) else "")
             return body
+
+    def _keep(self, member, body):
+        # systemd announces every unit change to a private-socket peer; only job ends matter
+        if member == "JobRemoved":
+            self.signals.append((member, body))
 
     def wait_signal(self, member, accept):
         """Return the body of the first signal `member` whose body `accept`s (kept or new)."""
@@ -290,7 +297,7 @@ class Bus:
             if kind == SIGNAL:
                 if fields.get(_MEMBER) == member and accept(body):
                     return body
-                self.signals.append((fields.get(_MEMBER), body))
+                self._keep(fields.get(_MEMBER), body)
 
 
 _BUS = []
