@@ -1,6 +1,8 @@
-"""cgroup calls of the kernel seam beyond plain file writes: cgroup dirs, bpf(2) device programs.
+"""cgroup calls of the kernel seam beyond plain file writes: cgroup dirs, bpf(2) device programs,
+and the transient systemd units that own a container's cgroups under --systemd-cgroup.
 
-Mirrored by capsa.syscalls.fake; imports only ctypes, os, libc and errors.
+Mirrored by capsa.syscalls.fake; imports only ctypes, os, libc and errors (the D-Bus client,
+capsa.syscalls.dbus, only inside the systemd_* methods).
 """
 import ctypes
 import os
@@ -109,3 +111,20 @@ class CgroupCalls:
         fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr, "bpf(BPF_PROG_GET_FD_BY_ID %d)" % prog_id)
         os.set_inheritable(fd, False)
         return fd
+
+    # systemd (PID 1) over D-Bus; properties are JSON lists [name, D-Bus signature, value]
+    def systemd_start_unit(self, name, properties):
+        """StartTransientUnit and wait for its job; a failed leftover of the same name is
+        reset first (runc does the same), a live one is refused."""
+        from capsa.syscalls.dbus import start_unit
+        start_unit(name, properties)
+
+    def systemd_stop_unit(self, name):
+        """StopUnit and wait for its job; a unit that is already gone is fine."""
+        from capsa.syscalls.dbus import stop_unit
+        stop_unit(name)
+
+    def systemd_set_unit_properties(self, name, properties):
+        """SetUnitProperties, runtime only (gone at reboot like the unit), as runc does."""
+        from capsa.syscalls.dbus import set_unit_properties
+        set_unit_properties(name, properties)

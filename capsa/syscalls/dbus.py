@@ -1,13 +1,14 @@
-"""A minimal D-Bus client: the wire format, EXTERNAL authentication and method calls.
+"""A minimal D-Bus client (wire format, EXTERNAL authentication, method calls, signals) and
+the systemd manager calls made over it: transient units that own a container's cgroups.
 
-Owns what the systemd cgroup driver needs to talk to PID 1, over systemd's private socket or
-the system bus. Imported only with --systemd-cgroup; imports _socket, struct, os and errors.
+Reached only through the kernel seam (CgroupCalls.systemd_*) and read_systemd_version, so it
+is imported only under --systemd-cgroup; imports _socket, struct, os and errors.
 """
 import _socket
 import os
 import struct
 
-from capsa.errors import KernelError
+from capsa.errors import KernelError, StateError
 
 # The D-Bus specification: message types, header field codes.
 METHOD_CALL = 1
@@ -316,3 +317,112 @@ def system_bus():
         bus = Bus(SYSTEM_BUS_SOCKET, True)
     _BUS.append(bus)
     return bus
+
+
+# systemd's manager: properties are JSON lists [name, D-Bus signature, value].
+_SYSTEMD = "org.freedesktop.systemd1"
+_OBJECT = "/org/freedesktop/systemd1"
+_MANAGER = "org.freedesktop.systemd1.Manager"
+_JOB_TIMEOUT = 30
+_GONE = ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.UnknownObject")
+
+
+def _props(properties):
+    return [(name, (signature, value)) for name, signature, value in properties]
+
+
+def _manager(member, signature="", args=()):
+    return system_bus().call(_SYSTEMD, _OBJECT, _MANAGER, member, signature, args)
+
+
+def _subscribe():
+    """Once per connection: signals reach a private-socket peer unasked, while a bus-daemon
+    peer must Subscribe and add a match (a second Subscribe there is an error)."""
+    bus = system_bus()
+    if bus.subscribed:
+        return
+    _manager("Subscribe")
+    if bus.daemon:
+        bus.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                 "AddMatch", "s", ("type='signal',sender='org.freedesktop.systemd1',"
+                                   "member='JobRemoved'",))
+    bus.subscribed = True
+
+
+def _wait_job(job, unit, what):
+    import time
+    bus = system_bus()
+    bus.sock.settimeout(_JOB_TIMEOUT)
+    started = time.monotonic()
+    try:
+        body = bus.wait_signal("JobRemoved", lambda body: body[1] == job)
+    except KernelError as err:
+        raise KernelError("systemd did not finish %s %s within %d s: %s"
+                          % (what, unit, time.monotonic() - started, err.message), errno=err.errno)
+    return body[3]
+
+
+def start_unit(name, properties):
+    """StartTransientUnit and wait for its job; a failed leftover of the same name is reset
+    first (runc does the same), a live one is refused."""
+    _subscribe()
+    for attempt in (1, 2):
+        try:
+            job = _manager("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                           (name, "replace", _props(properties), []))[0]
+            break
+        except BusError as err:
+            if err.name != "org.freedesktop.systemd1.UnitExists" or attempt == 2:
+                raise KernelError("systemd refused to start %s: %s" % (name, err.text),
+                                  errno=err.errno, field="linux.cgroupsPath")
+            try:
+                _manager("ResetFailedUnit", "s", (name,))
+            except BusError:
+                raise StateError("systemd unit %s exists already and is in use" % name,
+                                 field="linux.cgroupsPath",
+                                 hint="pick another container id or cgroupsPath")
+    result = _wait_job(job, name, "starting")
+    if result != "done":
+        raise KernelError("systemd could not start %s: job %s" % (name, result),
+                          field="linux.cgroupsPath",
+                          hint="see `systemctl status %s` and the journal" % name)
+
+
+def stop_unit(name):
+    """StopUnit and wait for its job; a unit that is already gone is fine."""
+    _subscribe()
+    try:
+        job = _manager("StopUnit", "ss", (name, "replace"))[0]
+    except BusError as err:
+        if err.name in _GONE:
+            return
+        raise KernelError("systemd refused to stop %s: %s" % (name, err.text))
+    _wait_job(job, name, "stopping")
+    try:
+        _manager("ResetFailedUnit", "s", (name,))
+    except BusError:
+        pass  # not failed, or already collected
+
+
+def set_unit_properties(name, properties):
+    """SetUnitProperties (runtime only, as runc does: gone at reboot like the unit)."""
+    try:
+        _manager("SetUnitProperties", "sba(sv)", (name, True, _props(properties)))
+    except BusError as err:
+        raise KernelError("systemd refused new limits for %s: %s" % (name, err.text),
+                          field="resources")
+
+
+def read_systemd_version():
+    """systemd's major version (252 for "252.38-1~deb12u1"), or 0 if it cannot be read."""
+    try:
+        text = system_bus().call(_SYSTEMD, _OBJECT, "org.freedesktop.DBus.Properties", "Get",
+                                 "ss", (_MANAGER, "Version"))[0]
+    except KernelError:
+        return 0
+    digits = ""
+    for char in str(text).lstrip("v"):
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits) if digits else 0

@@ -7,8 +7,7 @@ from capsa.syscalls.cgroup import CgroupCalls
 from capsa.syscalls.fs import FsCalls
 from capsa.syscalls.proc import ProcCalls
 from capsa.syscalls.security import SecurityCalls
-from capsa.syscalls.systemd import SystemdCalls
 
 
-class Kernel(FsCalls, ProcCalls, SecurityCalls, CgroupCalls, SystemdCalls):
+class Kernel(FsCalls, ProcCalls, SecurityCalls, CgroupCalls):
     """The real kernel."""
