@@ -131,6 +131,6 @@ def read_systemd_facts():
     """What the systemd driver's translation needs: systemd's major version (property names
     changed over time) and /proc/devices' names (systemd allows "char-NAME", not "c 136:*")."""
     from capsa.runtime.cgroups.systemd import build_proc_devices
-    from capsa.syscalls.systemd import read_systemd_version
+    from capsa.syscalls.dbus import read_systemd_version
     return {"version": read_systemd_version(),
             "devices": build_proc_devices(_read_text("/proc/devices"))}
