@@ -1,4 +1,5 @@
-"""Shared integration fixtures: a booted systemd test machine (tests/systemd_machine.py).
+"""Fixtures shared by the integration and conformance tiers: a booted systemd test machine
+(tests/systemd_machine.py).
 
 Owns no test; defines fixtures only. Must not import capsa, so collecting it costs nothing.
 """
