@@ -64,6 +64,10 @@ RUN_TABLE = [
 RLIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
            "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as")
 
+# Docker's default: a new network namespace on the default bridge network (NAT out, -p works);
+# docs/network.md, "Modes". Declared containers keep minimal_containers' host (declared.py).
+DEFAULT_NETWORK_MODE = "bridge"
+
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
@@ -314,7 +318,7 @@ def build_run_request(opts, positionals, host_env, env_files=()):
         "user": opts.get("user"), "entrypoint": opts.get("entrypoint"),
         "hostname": opts.get("hostname"), "read_only": opts["read_only"],
         "privileged": opts["privileged"], "init": opts["init"],
-        "runtime": opts.get("runtime"), "network": opts.get("network") or "none",
+        "runtime": opts.get("runtime"), "network": opts.get("network") or DEFAULT_NETWORK_MODE,
         "pull": opts.get("pull") or "missing",
         "tls_verify": (opts.get("tls_verify") or "true").lower() not in ("false", "0"),
         "publish": list(opts["publish"]), "dns": list(opts["dns"]),
@@ -353,8 +357,11 @@ def build_run_request(opts, positionals, host_env, env_files=()):
         if targets.count(target) > 1:
             raise UsageError("duplicate mount point " + target, field="--volume",
                              hint="mount each container path once")
-    if req["network"] not in ("none", "host") and not req["network"]:
-        req["network"] = "none"
+    if req["publish"] and req["network"] in ("none", "host"):
+        # prepare never reaches the network manager for these modes: -p would be dropped silently
+        raise UsageError("ports cannot be published with --network " + req["network"],
+                         field="--publish", hint="drop --network to use the default bridge, "
+                                                 "or name a bridge network")
     return req
 
 

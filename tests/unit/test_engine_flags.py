@@ -178,11 +178,30 @@ def test_run_request_errors_name_the_flag(argv, field):
 def test_run_request_image_and_command():
     req = parse_run(["--rm", "busybox", "echo", "-n", "hi"])
     assert req["image"] == "busybox" and req["command"] == ["echo", "-n", "hi"]
-    assert req["network"] == "none" and req["restart"]["name"] == "no"
+    assert req["restart"]["name"] == "no"
     req = parse_run(["--rootfs", "/r", "true"])
     assert req["image"] is None and req["command"] == ["true"]
     with pytest.raises(UsageError):
         parse_run([])
+
+
+def test_network_defaults_to_the_bridge_as_docker_does():
+    # no --network: the default bridge network (prepare attaches it through NetworkManager)
+    assert parse_run(["busybox"])["network"] == runflags.DEFAULT_NETWORK_MODE == "bridge"
+    assert parse_run(["--rootfs", "/r", "true"])["network"] == "bridge"
+    req = parse_run(["-p", "8080:80", "busybox"])
+    assert req["network"] == "bridge" and req["publish"] == ["8080:80"]
+    for mode in ("none", "host", "web", "container:db", "ns:/run/netns/x", "bridge"):
+        assert parse_run(["--network", mode, "busybox"])["network"] == mode
+        assert parse_run(["--net=" + mode, "busybox"])["network"] == mode
+
+
+@pytest.mark.parametrize("mode", ["none", "host"])
+def test_publish_without_a_network_of_its_own_is_an_error(mode):
+    with pytest.raises(UsageError) as exc:
+        parse_run(["--network", mode, "-p", "8080:80", "busybox"])
+    assert exc.value.field == "--publish" and mode in exc.value.message
+    assert "--network" in exc.value.hint
 
 
 def test_caps_normalised():

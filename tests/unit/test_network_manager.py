@@ -119,9 +119,8 @@ def test_attach_default_network_creates_it_and_writes_files(env):
     assert got["netns"] == str(root / "netns" / "c1")
     assert got["interfaces"] == [{"network": "capsa", "ifname": "eth0", "ip": "10.89.200.2",
                                   "prefix": 24, "gateway": "10.89.200.1", "mac": "0a:58:00:00:00:02"}]
-    # tuning only runs when a MAC address is asked for
-    assert host.commands("ADD") == [("loopback", "ADD"), ("bridge", "ADD"), ("portmap", "ADD"),
-                                    ("firewall", "ADD")]
+    # tuning only runs when a MAC address is asked for, portmap only when ports are published
+    assert host.commands("ADD") == [("loopback", "ADD"), ("bridge", "ADD"), ("firewall", "ADD")]
     # each plugin got the previous plugin's result
     assert host.calls[2][4]["prevResult"]["ips"][0]["address"] == "10.89.200.2/24"
     assert "unshare" in kernel.names() and "mount" in kernel.names()
@@ -170,6 +169,40 @@ def test_default_network_peers_are_not_in_hosts(env):
     a = manager.attach("ca", "alpha", "bridge", {})
     manager.attach("cb", "beta", "bridge", {})
     assert "beta" not in open(a["hosts"]).read()
+
+
+def test_portmap_runs_only_for_published_ports_and_del_matches_add(env):
+    manager, kernel, host, root = env
+    manager.attach("c1", "a", "bridge", {})
+    manager.attach("c2", "b", "bridge", {"publish": ["8080:80"]})
+    assert [c[0] for c in host.calls if c[2] == "c1"] == ["loopback", "bridge", "firewall"]
+    assert [c[0] for c in host.calls if c[2] == "c2"] == ["loopback", "bridge", "portmap",
+                                                          "firewall"]
+    # the stored network conflist keeps portmap for the next container that publishes
+    stored = json.loads((root / "networks" / "capsa.conflist").read_text())
+    assert "portmap" in [p["type"] for p in stored["plugins"]]
+    del host.calls[:]
+    manager.detach("c1")
+    manager.detach("c2")
+    assert [(c[0], c[2]) for c in host.calls] == [
+        ("firewall", "c1"), ("bridge", "c1"),
+        ("firewall", "c2"), ("portmap", "c2"), ("bridge", "c2")]
+    assert leftovers(root) == []
+
+
+def test_default_network_containers_leave_other_hosts_files_alone(env):
+    manager, kernel, host, root = env
+    manager.create("app", subnet="10.89.21.0/24")
+    peer = manager.attach("cp", "peer", "app", {})
+    with open(peer["hosts"], "a") as f:
+        f.write("# marker\n")
+    manager.attach("c1", "a", "bridge", {})
+    manager.detach("c1")
+    assert open(peer["hosts"]).read().endswith("# marker\n")
+    # a container on a user network does rewrite its peers' files (and drops the marker)
+    manager.attach("c2", "b", "app", {})
+    assert "# marker" not in open(peer["hosts"]).read()
+    assert "\tb " in open(peer["hosts"]).read() or "\tb\n" in open(peer["hosts"]).read()
 
 
 def test_static_ip_and_mac(env):
@@ -402,7 +435,8 @@ def test_cleanup_stale_deletes_from_an_orphan_cache_and_sweeps_its_rules(env):
     (root / "cache" / "ghost" / "capsa.json").write_text(json.dumps(cache))
     del host.calls[:]
     assert manager.cleanup_stale() == ["cache ghost"]
+    # the cache holds the chain ADD ran (no portmap: nothing was published), DEL runs that chain
     assert [(c[0], c[1], c[2]) for c in host.calls] == [
-        ("firewall", "DEL", "ghost"), ("portmap", "DEL", "ghost"), ("bridge", "DEL", "ghost")]
+        ("firewall", "DEL", "ghost"), ("bridge", "DEL", "ghost")]
     assert host.rule_sweeps == ['name: \\"capsa\\" id: \\"ghost\\"']
     assert not (root / "cache" / "ghost").exists() and (root / "cache" / "c1").exists()

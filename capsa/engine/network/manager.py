@@ -56,13 +56,25 @@ def _check_mac(mac):
     return mac.lower()
 
 
-def _drop_idle_tuning(network):
-    """tuning only sets a requested MAC; each plugin exec costs ~20 ms at ADD and again at DEL.
-    The chain actually run is what the CNI cache keeps, so DEL matches ADD."""
+def _drop_idle_plugins(network):
+    """Each plugin exec costs 3-20 ms at ADD and again at DEL, on every default `capsa run`:
+    tuning only sets a requested MAC, portmap only acts on portMappings (without them its ADD
+    echoes prevResult). The chain actually run is what the CNI cache keeps, so DEL matches ADD."""
+    idle = set()
     if not network["runtime"].get("mac"):
+        idle.add("tuning")
+    if not network["runtime"].get("portMappings"):
+        idle.add("portmap")
+    if any(p["type"] in idle for p in network["conflist"]["plugins"]):
         conflist = dict(network["conflist"])
-        conflist["plugins"] = [p for p in conflist["plugins"] if p["type"] != "tuning"]
+        conflist["plugins"] = [p for p in conflist["plugins"] if p["type"] not in idle]
         network["conflist"] = conflist
+
+
+def _on_user_network(record):
+    """Peers are listed in hosts files only on user networks (docs/network.md, Known limits):
+    a container on the default network alone changes no other container's hosts file."""
+    return any(n["name"] != DEFAULT_NETWORK for n in (record or {}).get("networks", []))
 
 
 class NetworkManager:
@@ -281,8 +293,6 @@ class NetworkManager:
             first["runtime"]["ips"] = [self._check_ip(options["ip"], first, records)]
         if options.get("mac"):
             first["runtime"]["mac"] = _check_mac(options["mac"])
-        for network in record["networks"]:
-            _drop_idle_tuning(network)
         mappings = build_port_mappings(publish, options.get("expose"), options.get("publish_all"))
         if mappings:
             carrier = [n for n in record["networks"]
@@ -292,6 +302,8 @@ class NetworkManager:
                                    first["name"], field="--publish", hint="add a bridge network")
             carrier[0]["runtime"]["portMappings"] = self._check_ports(mappings, records)
             record["ports"] = carrier[0]["runtime"]["portMappings"]
+        for network in record["networks"]:
+            _drop_idle_plugins(network)
         return record
 
     def _check_ip(self, text, network, records):
@@ -362,7 +374,8 @@ class NetworkManager:
         records[cid] = record
         self._write_files(record, records)
         self._save(record)
-        self._refresh_hosts(records, skip=cid)
+        if _on_user_network(record):
+            self._refresh_hosts(records, skip=cid)
         return self._view(record)
 
     def _add_network(self, record, network):
@@ -443,12 +456,14 @@ class NetworkManager:
         self._locked(self._detach, container_id)
 
     def _detach(self, cid):
-        if not os.path.exists(self.store.record_path(cid)):
+        record = read_json(self.store.record_path(cid))
+        if record is None:
             return
         try:
             self._teardown(cid)
         finally:
-            self._refresh_hosts(self._records())
+            if _on_user_network(record):
+                self._refresh_hosts(self._records())
 
     def _del_network(self, cid, network, netns):
         cache = read_json(self.store.cache_path(cid, network["name"]))
@@ -545,7 +560,7 @@ class NetworkManager:
         network = {"name": name, "ifname": "eth%d" % index, "runtime": {}, "conflist": conflist}
         if ip:
             network["runtime"]["ips"] = [self._check_ip(ip, network, records)]
-        _drop_idle_tuning(network)
+        _drop_idle_plugins(network)
         for alias in aliases or ():
             if check_name(alias, field="--alias", reserved=False) not in record["aliases"]:
                 record["aliases"].append(alias)
