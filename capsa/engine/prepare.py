@@ -191,12 +191,20 @@ def read_seccomp(req, caps):
 
 
 def resolve_image(ctx, req, container_dir, dry_run=False):
-    """-> (rootfs path, image config dict, image record or None)."""
+    """-> (rootfs path, image config dict, image record or None).
+
+    Precedence: --rootfs is always a path (folder, tarball, .qcow2/.img disk), even when it
+    looks like oci:X; IMAGE is an image reference (a stored name or id, a registry name,
+    docker://, oci:, oci-archive:, docker-archive:, dir:), never a path."""
     if req["rootfs"]:
         path = os.path.abspath(req["rootfs"])
         if not os.path.exists(path):
-            raise UsageError("rootfs " + path + " does not exist", field="--rootfs",
-                             hint="give a folder, a tarball, or a .qcow2/.img disk")
+            hint = "give a folder, a tarball, or a .qcow2/.img disk"
+            from capsa.engine.images.reference import TRANSPORTS
+            if req["rootfs"].partition(":")[0] in TRANSPORTS:
+                hint += "; an image such as %s goes where IMAGE goes, without --rootfs" \
+                    % req["rootfs"]
+            raise UsageError("rootfs " + path + " does not exist", field="--rootfs", hint=hint)
         if os.path.isdir(path) or dry_run:
             return path, {}, None
         from capsa.engine.images.rootfs import apply_container_rootfs
@@ -217,16 +225,31 @@ def resolve_image(ctx, req, container_dir, dry_run=False):
                         layers[0] if layers else os.path.join(container_dir, "rootfs"))
         return stand_in, image.get("config") or {}, image
     from capsa.engine.images.rootfs import apply_container_rootfs
-    rootfs = apply_container_rootfs(store, container_dir, req["image"], readonly=False,
+    # by id: the image just resolved, whatever a concurrent tag or import does to the name
+    rootfs = apply_container_rootfs(store, container_dir, image["id"], readonly=False,
                                     volatile=bool(req.get("rm")))
     return rootfs, image.get("config") or {}, image
 
 
 def read_or_pull_image(ctx, store, ref, pull, tls_verify=True):
-    """Docker's --pull: missing (pull when not stored), always, never. The embedded busybox
-    is imported instead of pulled, so the default image works offline."""
+    """The image record for `ref` under Docker's --pull: missing (pull when not stored),
+    always, never. The embedded busybox is imported instead of pulled, so the default image
+    works offline. A file transport (oci:, oci-archive:, docker-archive:, dir:) is read into
+    the store on every run whatever --pull says, as podman does (libimage applies the pull
+    policy to registries only); what the store holds already is not copied again."""
+    from capsa.engine.images.reference import build_run_image
+    source = build_run_image(ref)
+    if source["kind"] == "file":
+        try:
+            image_id = store.import_transport(ref)
+        except ImageError as err:
+            raise ImageError("cannot run %s: %s" % (ref, err.message), field="image",
+                             hint=err.hint or "check the path and the name after it") from None
+        image = store.resolve(image_id)
+        image["pulled_from"] = ref
+        return image
     if pull == "always" and ref not in DEFAULT_IMAGE_NAMES:
-        store.pull(ref, tls_verify=tls_verify)
+        _pull(store, ref, tls_verify)
         return store.resolve(ref)
     try:
         return store.resolve(ref)
@@ -235,7 +258,8 @@ def read_or_pull_image(ctx, store, ref, pull, tls_verify=True):
             apply_default_image(ctx, store)
             return store.resolve(ref)
         if pull == "never":
-            raise
+            raise ImageError(missing.message + " and --pull=never forbids pulling it",
+                             field="image", hint="pull it first, or drop --pull=never") from None
         try:
             store.pull(ref, tls_verify=tls_verify)
         except ImageError as err:
@@ -243,6 +267,15 @@ def read_or_pull_image(ctx, store, ref, pull, tls_verify=True):
                              field="image", hint="check the name, or pull/import it first") \
                 from None
         return store.resolve(ref)
+
+
+def _pull(store, ref, tls_verify):
+    try:
+        store.pull(ref, tls_verify=tls_verify)
+    except ImageError as err:
+        raise ImageError("pulling %s failed: %s" % (ref, err.line()), field="image",
+                         hint="check the name and that the registry is reachable, or use "
+                              "--pull=missing to run a stored copy") from None
 
 
 def apply_default_image(ctx, store):
@@ -282,6 +315,14 @@ def build_etc_files(hostname, network, add_hosts, dns):
         except OSError:
             pass
     return {"hostname": hostname + "\n", "hosts": hosts, "resolv.conf": resolv}
+
+
+def build_image_label(req, image):
+    """What ps/inspect show as the image: the stored name a file transport was read in under
+    (as `capsa images` lists it), else the reference as given, else the --rootfs path."""
+    if image and image.get("pulled_from"):
+        return (image.get("names") or [image["id"]])[0]
+    return req["image"] or req["rootfs"]
 
 
 def build_record(req, id, runtime_name, image_ref, stop_signal, declared=False):
@@ -332,7 +373,7 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
             raise err
         stop_signal = specbuild.build_stop_signal(req, image_config)
         record = build_record(req, id, runtime.name if hasattr(runtime, "name") else str(runtime),
-                              req["image"] or req["rootfs"], stop_signal, declared)
+                              build_image_label(req, image), stop_signal, declared)
         record["runtime_arg"] = req["runtime"]
         record["runtime_path"] = getattr(runtime, "binary", None)
         record["args"] = spec["process"]["args"]

@@ -1,8 +1,8 @@
 """Image references and transports, as skopeo and podman spell them: parsing only, no I/O.
 
-Owns docker reference normalisation (default registry, Docker Hub's `library/` rule, tag/digest)
-and the transport prefixes oci:, oci-archive:, docker-archive:, dir:, docker://. Pure; imports
-nothing from the rest of capsa except errors.
+Owns docker reference normalisation (default registry, Docker Hub's `library/` rule, tag/digest),
+the transport prefixes oci:, oci-archive:, docker-archive:, dir:, docker://, and how `run` reads
+its IMAGE argument. Pure; imports nothing from the rest of capsa except errors.
 """
 from capsa.errors import ImageError
 
@@ -105,3 +105,33 @@ def build_transport_reference(text):
     ref = build_docker_reference(text)
     ref["transport"] = "docker"
     return ref
+
+
+FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive", "dir")
+
+
+def build_run_image(text):
+    """How `run`/`create` (and a declared `image=`) obtain IMAGE, as podman does. Returns
+    {"kind": "file", "transport", "path", "name"} for oci:, oci-archive:, docker-archive:, dir:
+    (read into the store on every run); {"kind": "registry", ...docker reference} for
+    docker://REF; {"kind": "stored"} for a name or id looked up in the store first.
+
+    A bare path is refused: folders, tarballs and disks are given with --rootfs, and an
+    image name never starts with / or . (the precedence apply_container_rootfs relies on)."""
+    if not text:
+        raise _bad(text, "empty", hint="name an image, or give a folder with --rootfs")
+    if text[0] in "/.~":
+        raise ImageError("%r is a path, not an image" % text, field="image",
+                         hint="use --rootfs %s for a folder, tarball or disk; oci:%s, "
+                              "oci-archive:%s or docker-archive:%s for an image"
+                              % (text, text, text, text))
+    transport, colon, _ = text.partition(":")
+    if text.startswith("docker://"):
+        ref = build_transport_reference(text)
+        ref["kind"] = "registry"
+        return ref
+    if colon and transport in FILE_TRANSPORTS:
+        ref = build_transport_reference(text)
+        ref["kind"] = "file"
+        return ref
+    return {"kind": "stored"}

@@ -428,15 +428,20 @@ class ImageStore:
             freed = self._collect()
         return {"deleted": deleted, "freed": freed}
 
-    def _collect(self):
-        """Remove unreferenced blobs, layers and temp files. Caller holds the exclusive gc lock,
-        so no pull or import is running (they hold it shared)."""
+    def _used_content(self):
+        """(blob hexes, layer hexes) some image record refers to."""
         blobs, layers = set(), set()
         for record in self.records():
             blobs.update((_hex(record["config_digest"]), _hex(record["manifest_digest"])))
             for layer in record["layers"]:
                 blobs.add(_hex(layer["digest"]))
                 layers.add(_hex(layer["diff_id"]))
+        return blobs, layers
+
+    def _collect(self):
+        """Remove unreferenced blobs, layers and temp files. Caller holds the exclusive gc lock,
+        so no pull or import is running (they hold it shared)."""
+        blobs, layers = self._used_content()
         freed = 0
         for name in _listdir(self.path("blobs", "sha256")):
             if name not in blobs:
@@ -486,12 +491,45 @@ class ImageStore:
 
     def import_transport(self, ref, name=None):
         """Import from oci:DIR[:NAME], oci-archive:FILE[:NAME], docker-archive:FILE[:NAME] or
-        dir:DIR; returns the image id. `name` overrides the stored name."""
+        dir:DIR; returns the image id. `name` overrides the stored name. Blobs and layers that
+        are stored already are neither copied nor unpacked again. On failure every blob, layer
+        and partial file this import added (and no image uses) is removed: a local source has
+        nothing to resume, so nothing of it is kept."""
         from capsa.engine.images.archive import build_source
-        source, names = build_source(ref)
-        if name:
-            names = [build_store_name(name)]
-        return self.commit(source, names)
+        self.ensure()
+        before = self._content()
+        try:
+            source, names = build_source(ref)
+            if name:
+                names = [build_store_name(name)]
+            return self.commit(source, names)
+        except BaseException as exc:
+            self._drop_new_content(before)
+            problem = _source_problem(exc)
+            if problem is None:
+                raise
+            raise ImageError("cannot read %s: %s" % (ref, problem), field="image",
+                             hint="the file is broken or truncated; make it again") from None
+
+    def _content(self):
+        return (set(_listdir(self.path("blobs", "sha256"))), set(_listdir(self.path("layers"))),
+                set(_listdir(self.path("tmp"))))
+
+    def _drop_new_content(self, before):
+        """Remove what appeared in blobs/, layers/ and tmp/ since `before` and no record needs.
+        Under the exclusive gc lock no other pull or import is running, so nothing that appeared
+        can be another writer's work in progress."""
+        with self.lock("gc"):
+            blobs, layers, tmp = self._content()
+            used_blobs, used_layers = self._used_content()
+            for name in blobs - before[0] - used_blobs:
+                _unlink(self.path("blobs", "sha256", name))
+            for name in layers - before[1] - used_layers:
+                _remove_tree(self.path("layers", name))
+            mine = "-%d-" % os.getpid()
+            for name in tmp - before[2]:
+                if name.endswith(".partial") or mine in name:
+                    _remove_tree(self.path("tmp", name))
 
     def load(self, path):
         """`docker load`: a docker-archive or oci-archive file, names from the archive."""
@@ -528,6 +566,18 @@ def _check_bytes(raw, digest):
     if actual != digest:
         raise ImageError("digest mismatch: expected %s, got %s" % (digest, actual), field="digest",
                          hint="the source is corrupt or was tampered with; nothing was stored")
+
+
+def _source_problem(exc):
+    """One line for a read error of a local image source that is not an ImageError yet (a tar
+    member cut short, a file vanishing mid-read), else None."""
+    if isinstance(exc, (OSError, EOFError)):
+        return getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+    import tarfile
+    if isinstance(exc, tarfile.TarError):
+        from capsa.engine.images.layer import one_line
+        return one_line(exc)
+    return None
 
 
 def _listdir(path):
