@@ -3,9 +3,13 @@
 
 Owns no test; defines fixtures only. Must not import capsa, so collecting it costs nothing.
 """
+import os
+
 import pytest
 
 from tests.systemd_machine import SystemdMachine
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,9 @@ def systemd_machine(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     shared = tmp_path_factory.mktemp("sdshared")
-    machine = SystemdMachine(tmp_path_factory.mktemp("sdmachine"), binds=(str(shared),))
+    # the checkout too: the installed launchers import capsa from it, and a clone under /tmp
+    # (as CI makes) would be hidden by the machine's own /tmp
+    machine = SystemdMachine(tmp_path_factory.mktemp("sdmachine"), binds=(str(shared), REPO))
     machine.boot()
     try:
         yield machine
