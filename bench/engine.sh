@@ -1,7 +1,9 @@
 #!/bin/bash
-# capsa engine vs podman, side by side on the same busybox image, no network:
+# capsa engine vs podman, side by side on the same busybox image:
 #   1. `run --rm busybox true` wall time (hyperfine, warmup 3) and the median ratio capsa/podman
-#      (capsa's default in-process runtime, and runc as podman uses), then capsa's --trace steps
+#      (capsa's default in-process runtime, and runc as podman uses), then capsa's --trace steps.
+#      Each tool runs with its own default network, a bridge for both (capsa: CNI bridge on the
+#      default network `capsa`; podman: netavark's `podman`), and both again with --network none.
 #   2. the host memory an idle detached container costs: PSS of capsa's monitor vs conmon
 # Everything lives in a private temp folder (podman gets an isolated store, as in
 # /work/shared/notes/clients.md). Usage: bash bench/engine.sh [RUNS]   (needs root)
@@ -14,6 +16,8 @@ cleanup() {
     set +e
     [ -n "${PODMAN_IDLE:-}" ] && podman rm -f "$PODMAN_IDLE" >/dev/null 2>&1
     [ -n "${CAPSA_IDLE:-}" ] && $CAPSA rm -f "$CAPSA_IDLE" >/dev/null 2>&1
+    # the default network's bridge is a host link: it would outlive $T
+    $CAPSA network rm capsa >/dev/null 2>&1
     # podman's overlay driver bind-mounts its overlay folder onto itself
     mountpoint -q "$T/podman/storage/overlay" && umount "$T/podman/storage/overlay"
     rm -rf "$T"
@@ -56,20 +60,25 @@ $CAPSA run --rm busybox true
 
 echo "== run --rm busybox true ($RUNS runs, warmup 3)"
 # capsa: the default, capsa's runtime in-process; capsa-runc: runc underneath, as podman;
+# *-none: no network on either side (the comparison before capsa's default became the bridge);
 # python: the interpreter alone, the floor under any capsa command
 hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$T/run.json" \
     -n capsa "$CAPSA run --rm busybox true" \
     -n capsa-runc "$CAPSA --runtime runc run --rm busybox true" \
-    -n podman "podman run --rm --network none localhost/busybox true" \
+    -n podman "podman run --rm localhost/busybox true" \
+    -n capsa-none "$CAPSA run --rm --network none busybox true" \
+    -n podman-none "podman run --rm --network none localhost/busybox true" \
     -n python "/usr/bin/python3 -I -S -c pass"
 python3 - "$T/run.json" <<'EOF'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-p = r["podman"]["median"]
-for name in ("capsa", "capsa-runc", "python"):
-    c = r[name]["median"]
-    print("median %s %.1f ms, podman %.1f ms, ratio %s/podman %.2f" % (name, c * 1e3, p * 1e3,
-                                                                      name, c / p))
+for name, base in (("capsa", "podman"), ("capsa-runc", "podman"), ("python", "podman"),
+                   ("capsa-none", "podman-none")):
+    c, p = r[name]["median"], r[base]["median"]
+    print("median %s %.1f ms, %s %.1f ms, ratio %.2f" % (name, c * 1e3, base, p * 1e3, c / p))
+for tool in ("capsa", "podman"):
+    added = r[tool]["median"] - r[tool + "-none"]["median"]
+    print("the default bridge adds %.1f ms to %s" % (added * 1e3, tool))
 EOF
 
 echo "== where capsa's time goes: median of 10 runs of run --rm --trace busybox true"
@@ -99,7 +108,7 @@ $CAPSA rm -f "$PY_IDLE" >/dev/null
 CAPSA_IDLE=$($CAPSA run -d busybox sleep 1000)
 sleep 1
 MON=$(monitor_of "$CAPSA_IDLE")
-PODMAN_IDLE=$(podman run -d --network none localhost/busybox sleep 1000)
+PODMAN_IDLE=$(podman run -d localhost/busybox sleep 1000)
 sleep 1
 CONMON=$(pgrep -f "conmon.*$PODMAN_IDLE" | head -1)
 echo "capsa under conmon (the default) pid $MON: PSS $(pss "$MON") kB, RSS $(awk '/VmRSS/ {print $2}' /proc/$MON/status) kB"

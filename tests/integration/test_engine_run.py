@@ -197,7 +197,7 @@ def test_tty_and_interactive(eng, rootfs):
 
 
 def test_network_none_and_host(eng, rootfs):
-    out = run_in(eng, rootfs, "ls", "/sys/class/net").stdout.split()
+    out = run_in(eng, rootfs, "--network", "none", "ls", "/sys/class/net").stdout.split()
     assert out == ["lo"]
     out = run_in(eng, rootfs, "--network", "host", "ls", "/sys/class/net").stdout.split()
     assert len(out) > 1 or out != ["lo"]
@@ -241,13 +241,59 @@ def test_default_busybox_image_offline(eng):
     assert proc.stdout == "hello\n"
 
 
-def test_bridge_network_and_published_port(eng, rootfs, tmp_path):
+def network_leftovers(eng, ips=(), ids=()):
+    """What a container's network can leave: attachment state in the store's network folder,
+    leases, netns pins, veths on the default bridge, iptables rules naming its id or address."""
+    import subprocess
+    state = os.path.join(eng.root, "network")
+    found = []
+    for folder in ("containers", "netns", "cache", "files"):
+        path = os.path.join(state, folder)
+        found.extend("state %s/%s" % (folder, e)
+                     for e in (os.listdir(path) if os.path.isdir(path) else ()))
+    for dirpath, dirs, files in os.walk(os.path.join(state, "ipam")):
+        found.extend("lease " + f for f in files if f != "lock" and not f.startswith("last_"))
+    with open("/proc/self/mountinfo") as handle:
+        found.extend("mount " + l.split()[4] for l in handle if state in l.split()[4])
+    bridge = default_network(eng).get("bridge") if os.path.isdir(state) else None
+    if bridge and os.path.isdir("/sys/class/net/%s/brif" % bridge):
+        found.extend("veth " + v for v in os.listdir("/sys/class/net/%s/brif" % bridge))
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    for line in rules.splitlines():
+        words = line.replace("/32", " ").replace("/", " ").replace('"', " ").split()
+        if any(ip in words for ip in ips) or any(i[:12] in line for i in ids):
+            found.append("rule " + line)
+    return found
+
+
+def default_network(eng):
+    return json.loads(eng.out("network", "inspect", "capsa"))[0]
+
+
+def test_default_network_is_the_bridge_and_rm_leaves_nothing(eng, rootfs):
+    # no --network: Docker's model, eth0 on the default bridge network with a route out
+    out = run_in(eng, rootfs, "sh", "-c", "ip -4 -o addr show eth0; echo --; ip route; echo --;"
+                 " cat /proc/net/route; echo --; cat /etc/hosts; echo --; hostname").stdout
+    addr, routes, proc_route, hosts, hostname = out.split("--\n")
+    net = default_network(eng)
+    assert net["default"] and net["driver"] == "bridge" and net["name"] == "capsa"
+    ip = addr.split()[3].split("/")[0]
+    import ipaddress
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(net["subnet"]), (ip, net)
+    assert routes.startswith("default via %s dev eth0" % net["gateway"]), routes
+    # /proc/net/route: destination 00000000 on eth0 (the default route)
+    assert any(l.split()[:2] == ["eth0", "00000000"] for l in proc_route.splitlines())
+    assert ip + "\t" + hostname.strip() in hosts, hosts
+    assert network_leftovers(eng, ips=[ip]) == []
+
+
+def test_default_network_publishes_a_port_without_a_network_flag(eng, rootfs, tmp_path):
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("served by capsa\n")
     port = 18000 + os.getpid() % 1000
-    eng.out("run", "-d", "--name", "web", "--network", "bridge", "-p", "%d:80" % port,
-            "-v", "%s:/www:ro" % www, "--rootfs", rootfs, "httpd", "-f", "-p", "80", "-h", "/www")
+    cid = eng.out("run", "-d", "--name", "web", "-p", "%d:80" % port, "-v", "%s:/www:ro" % www,
+                  "--rootfs", rootfs, "httpd", "-f", "-p", "80", "-h", "/www").strip()
     assert eng.out("port", "web").strip().endswith(":%d" % port)
     import urllib.request
 
@@ -257,10 +303,44 @@ def test_bridge_network_and_published_port(eng, rootfs, tmp_path):
         except OSError:
             return None
     assert eng.wait_for(fetch, what="published port") == b"served by capsa\n"
+    # the attachment is the default network's, on eth0
+    assert eng.out("network", "inspect", "capsa").count(cid[:12]) >= 1
+    # the explicit spelling is the same network
     out = run_in(eng, rootfs, "--network", "bridge", "ip", "route").stdout
-    assert out.startswith("default via ")
+    assert out.startswith("default via %s " % default_network(eng)["gateway"])
     eng.out("rm", "-f", "web")
     assert fetch() is None
+    assert network_leftovers(eng, ids=[cid]) == []
+
+
+def test_failed_create_on_the_default_network_leaves_nothing(eng, rootfs):
+    # the command is looked up after the network is attached: the undo must detach it
+    proc = eng.run("run", "--rm", "--name", "bad", "--rootfs", rootfs, "nosuchcmd", check=127)
+    assert "nosuchcmd" in proc.stderr and "Traceback" not in proc.stderr
+    proc = eng.run("create", "--name", "bad", "--rootfs", rootfs, "nosuchcmd", check=127)
+    assert eng.out("ps", "-aq") == ""
+    # a host port that is taken fails the attach itself
+    import socket
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))
+    busy.listen(1)
+    try:
+        proc = eng.run("run", "--rm", "-p", "%d:80" % busy.getsockname()[1], "--rootfs",
+                       rootfs, "true", check=125)
+    finally:
+        busy.close()
+    assert "in use" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert network_leftovers(eng) == []
+    assert eng.out("ps", "-aq") == ""
+
+
+@pytest.mark.parametrize("mode", ["none", "host"])
+def test_publish_needs_a_network_of_its_own(eng, rootfs, mode):
+    proc = eng.run("run", "--rm", "--network", mode, "-p", "8080:80", "--rootfs", rootfs, "true",
+                   check=125)
+    assert proc.stderr.strip().count("\n") == 0 and "--publish" in proc.stderr
+    assert "--network " + mode in proc.stderr and "Traceback" not in proc.stderr
+    assert eng.out("ps", "-aq") == ""
 
 
 def test_rootfs_tarball(eng, rootfs, tmp_path):

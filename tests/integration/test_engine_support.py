@@ -74,6 +74,12 @@ class Engine:
         ids = self.run("ps", "-aq", "--no-trunc").stdout.split()
         if ids:
             self.run("rm", "-f", "-v", *ids)
+        try:
+            self._check_left()
+        finally:
+            self.cleanup_networks()
+
+    def _check_left(self):
         left = []
         containers = os.path.join(self.root, "containers")
         if os.path.isdir(containers):
@@ -88,6 +94,26 @@ class Engine:
                            if not s.endswith(".log")]
         assert not left, "container folders left: %r" % left
         assert not states, "runtime state left: %r" % states
+
+    def cleanup_networks(self):
+        """Remove the store's networks (the default one appears with the first container that
+        has no --network): a bridge is a host link and would outlive the tmp folder."""
+        state = os.path.join(self.root, "network")
+        if not os.path.isdir(os.path.join(state, "networks")):
+            return
+        from capsa.engine.network.manager import NetworkManager
+        manager = NetworkManager(state)
+        attached = sorted(os.listdir(os.path.join(state, "containers"))) \
+            if os.path.isdir(os.path.join(state, "containers")) else []
+        if attached:
+            manager.cleanup_stale(live_ids=[])
+        bridges = []
+        for net in manager.list():
+            bridges.append(net.get("bridge"))
+            manager.remove(net["name"])
+        links = os.listdir("/sys/class/net")
+        assert not [b for b in bridges if b and b in links], "bridges left: %r" % bridges
+        assert not attached, "network attachments left after rm -f: %r" % attached
 
 
 def make_fixtures():
