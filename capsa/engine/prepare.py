@@ -241,12 +241,13 @@ def read_or_pull_image(ctx, store, ref, pull, tls_verify=True):
     source = build_run_image(ref)
     if source["kind"] == "file":
         try:
-            image_id = store.import_transport(ref)
+            image_id, names = store.import_transport(ref, with_names=True)
         except ImageError as err:
             raise ImageError("cannot run %s: %s" % (ref, err.message), field="image",
                              hint=err.hint or "check the path and the name after it") from None
         image = store.resolve(image_id)
         image["pulled_from"] = ref
+        image["pulled_as"] = names[0] if names else image_id
         return image
     if pull == "always" and ref not in DEFAULT_IMAGE_NAMES:
         _pull(store, ref, tls_verify)
@@ -320,8 +321,8 @@ def build_etc_files(hostname, network, add_hosts, dns):
 def build_image_label(req, image):
     """What ps/inspect show as the image: the stored name a file transport was read in under
     (as `capsa images` lists it), else the reference as given, else the --rootfs path."""
-    if image and image.get("pulled_from"):
-        return (image.get("names") or [image["id"]])[0]
+    if image and image.get("pulled_as"):
+        return image["pulled_as"]
     return req["image"] or req["rootfs"]
 
 

@@ -220,3 +220,17 @@ def test_rootfs_flag_stays_a_path_even_when_it_looks_like_a_transport(ctx, tmp_p
     rootfs, config, image = prepare.resolve_image(ctx, {"rootfs": "oci:y", "image": None},
                                                   str(tmp_path / "c"), dry_run=True)
     assert rootfs == str(folder) and image is None
+
+
+def test_the_label_is_the_name_this_read_gave_not_another_tag(ctx, made):
+    image, paths = made
+    store = ImageStore(ctx.store_root)
+    ref = "oci-archive:" + paths["oci-archive"]
+    prepare.read_or_pull_image(ctx, store, ref, "missing")
+    store.tag("localhost/bb:oa", "aaa:1")
+    got = prepare.read_or_pull_image(ctx, store, ref, "missing")
+    assert got["names"] == ["localhost/aaa:1", "localhost/bb:oa"]
+    assert prepare.build_image_label({"image": ref, "rootfs": None}, got) == "localhost/bb:oa"
+    assert prepare.build_image_label({"image": "bb:oa", "rootfs": None},
+                                     store.resolve("bb:oa")) == "bb:oa"
+    assert prepare.build_image_label({"image": None, "rootfs": "/r"}, None) == "/r"

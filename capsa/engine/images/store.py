@@ -489,9 +489,10 @@ class ImageStore:
                              field="destination", hint="use save -o for archives")
         return apply_push(self, self.read_record(image_id), target, tls_verify, progress)
 
-    def import_transport(self, ref, name=None):
+    def import_transport(self, ref, name=None, with_names=False):
         """Import from oci:DIR[:NAME], oci-archive:FILE[:NAME], docker-archive:FILE[:NAME] or
-        dir:DIR; returns the image id. `name` overrides the stored name. Blobs and layers that
+        dir:DIR; returns the image id, or (id, [names it was stored under]) `with_names`.
+        `name` overrides the stored name. Blobs and layers that
         are stored already are neither copied nor unpacked again. On failure every blob, layer
         and partial file this import added (and no image uses) is removed: a local source has
         nothing to resume, so nothing of it is kept."""
@@ -502,7 +503,8 @@ class ImageStore:
             source, names = build_source(ref)
             if name:
                 names = [build_store_name(name)]
-            return self.commit(source, names)
+            image_id = self.commit(source, names)
+            return (image_id, names) if with_names else image_id
         except BaseException as exc:
             self._drop_new_content(before)
             problem = _source_problem(exc)
