@@ -115,6 +115,25 @@ def test_pull_policy_for_file_transports_and_registries(eng, tmp_path):
         reg.stop()
 
 
+def test_a_layered_layout_runs_directly_and_rootfs_paths_stay_paths(eng, tmp_path, rootfs):
+    from tests.integration.test_images import layer_tars
+    from tests.integration.test_images_support import build_layout
+    layout = build_layout(str(tmp_path / "layers"), layer_tars(str(tmp_path)), name="two")
+    # the upper layer whites out /bin/ls and /data/gone and makes /data/old opaque
+    script = "cd /data && echo *; cd old && echo *; test -e /bin/ls || echo no-ls"
+    out = eng.out("run", "--rm", "oci:%s:two" % layout, "sh", "-c", script)
+    assert out == "new old\nc\nno-ls\n"
+    assert len(os.listdir(os.path.join(eng.root, "images", "layers"))) == 2
+    # --rootfs is a path even when it is spelled like a transport
+    odd = str(tmp_path / "oci:rootfs")
+    shutil.copytree(rootfs, odd, symlinks=True)
+    assert eng.out("run", "--rm", "--rootfs", odd, "echo", "folder") == "folder\n"
+    subprocess.run(["tar", "-C", rootfs, "-czf", str(tmp_path / "r.tar.gz"), "."], check=True)
+    assert eng.out("run", "--rm", "--rootfs", str(tmp_path / "r.tar.gz"), "echo", "tar") == "tar\n"
+    proc = eng.run("run", "--rm", rootfs, "true", check=125)
+    assert "--rootfs " + rootfs in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
 def read_leftovers(root):
     """Everything a failed run/create could leave: image content, records, container folders."""
     found = []
