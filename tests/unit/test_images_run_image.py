@@ -234,3 +234,26 @@ def test_the_label_is_the_name_this_read_gave_not_another_tag(ctx, made):
     assert prepare.build_image_label({"image": "bb:oa", "rootfs": None},
                                      store.resolve("bb:oa")) == "bb:oa"
     assert prepare.build_image_label({"image": None, "rootfs": "/r"}, None) == "/r"
+
+
+@pytest.mark.parametrize("exc", [OSError(5, "Input/output error"), EOFError(),
+                                 tarfile.ReadError("unexpected end of data\nmore")])
+def test_a_read_error_mid_copy_is_one_line_and_leaves_nothing(ctx, made, monkeypatch, exc):
+    image, paths = made
+    store = ImageStore(ctx.store_root)
+    store.ensure()
+    empty = store_files(store)
+    from capsa.engine.images import archive
+
+    def broken(self, digest, size, dest, progress=None):
+        with open(dest, "wb") as f:
+            f.write(b"half")
+        raise exc
+    monkeypatch.setattr(archive.LayoutSource, "fetch_blob", broken)
+    ref = "oci-archive:" + paths["oci-archive"]
+    with pytest.raises(ImageError) as err:
+        prepare.read_or_pull_image(ctx, store, ref, "missing")
+    line = err.value.line()
+    assert line.startswith("image: cannot run %s: cannot read %s: " % (ref, ref)), line
+    assert "\n" not in line
+    assert store_files(store) == empty
