@@ -142,7 +142,8 @@ def exec_process(ctx, kernel, container_id, opts, args):
     if not detach:
         kernel.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the process reparents to us
     exec_plan = {"process": process, "security": security, "flags": flags,
-                 "needs_fork": needs_fork, "preserve_fds": int(opts.get("preserve_fds") or 0)}
+                 "needs_fork": needs_fork, "preserve_fds": int(opts.get("preserve_fds") or 0),
+                 "setgroups": _read_setgroups(record["pid"])}
     child = os.fork()
     if child == 0:
         parent_end.close()
@@ -232,6 +233,16 @@ def _serve(sock, opts, record):
                 os.close(fd)
 
 
+def _read_setgroups(pid):
+    """Whether the container's user namespace allows setgroups(2): a rootless one mapping only
+    its owner's id denies it for good. Read through the host's /proc (the pid is checked)."""
+    try:
+        with open("/proc/%d/setgroups" % pid, "rb") as handle:
+            return handle.read().strip() != b"deny"
+    except OSError:
+        return True
+
+
 def _child(kernel, plan, sock, pidfd):
     from capsa.runtime.launch import _seal_imports, _send_error
     try:
@@ -265,7 +276,7 @@ def _process(kernel, plan, sock):
     process.check_interpreters(kernel, executable)
     sync.expect(sock, "cgroup-ok")
     security.apply_before_identity(kernel, plan["security"])
-    identity.apply_identity(kernel, proc)
+    identity.apply_identity(kernel, proc, setgroups_allowed=plan["setgroups"])
 
     def send_fd(fd, listener_path=None, metadata=""):
         sync.send(sock, "seccomp-fd", {"listener_path": listener_path, "metadata": metadata}, [fd])

@@ -153,6 +153,11 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
                 raise
             plan["cgroup"] = record["cgroup"] = {"paths": {}, "writes": []}
             apply_cgroup_join = _no_join
+            # no cgroup of its own to show: the cgroupfs mount is left out, as runc does
+            plan["rootfs"]["steps"] = [step for step in plan["rootfs"]["steps"]
+                                       if not step.get("cgroupfs")]
+            if ctx.debug:
+                ctx.log("debug", "rootless: no cgroup (%s)" % err.message)
         from capsa.runtime.apply.security import prepare_security
         prepare_security(plan["security"])
         _preload()
@@ -408,8 +413,16 @@ def _child_namespaces(kernel, plan, sock):
     apply_join(kernel, join, ("user",))
     if "user" in new:
         apply_unshare(kernel, ("user",))
+        unprivileged = plan["userns"].get("writer", "root") != "root"
+        if unprivileged:
+            # /proc/<pid>/{uid,gid}_map and setgroups of a non-dumpable process belong to root:
+            # an unprivileged parent (or its newuidmap) can open them only while we are
+            # dumpable, and we run no code of the container's yet
+            kernel.prctl(PR_SET_DUMPABLE, 1)
         sync.send(sock, "userns")
         sync.expect(sock, "maps-ok")
+        if unprivileged:
+            kernel.prctl(PR_SET_DUMPABLE, 0)
         kernel.setresgid(0, 0, 0)
         kernel.setresuid(0, 0, 0)
     apply_join(kernel, join, [kind for kind in join if kind not in ("user", "cgroup")])
@@ -456,7 +469,8 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
         executable = process.find_executable(proc["args"][0], proc["env"])
         process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])
-    identity.apply_identity(kernel, proc, setgroups_allowed=True)
+    identity.apply_identity(kernel, proc, setgroups_allowed=(plan["userns"] or {}).get(
+        "writer") != "self")
 
     def send_fd(fd, listener_path=None, metadata=""):
         sync.send(sock, "seccomp-fd", {"listener_path": listener_path, "metadata": metadata}, [fd])

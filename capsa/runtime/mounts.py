@@ -386,7 +386,9 @@ def build_rootfs_plan(spec, bundle_dir, facts):
         if step["dest"] == "/dev" and step["op"] == "bind":
             setup_dev = False  # runc's rule: a bind-mounted /dev is the user's, left untouched
         if step["op"] == "fs" and step["fstype"] == "cgroup":
-            steps.extend(build_cgroup_steps(step, facts, has_cgroupns))
+            # marked: a rootless create that may not make its cgroups drops them (runc too)
+            steps.extend(dict(part, cgroupfs=True)
+                         for part in build_cgroup_steps(step, facts, has_cgroupns))
         else:
             steps.append(step)
     if setup_dev:

@@ -23,7 +23,7 @@ def read_facts(systemd_cgroup=False):
     if systemd_cgroup and layout["systemd_running"]:
         layout["systemd"] = read_systemd_facts()
     return {"cgroup_layout": layout, "security": read_security_facts(),
-            "systemd_cgroup": systemd_cgroup}
+            "systemd_cgroup": systemd_cgroup, "euid": os.geteuid(), "egid": os.getegid()}
 
 
 def _mounts_cgroupfs(spec):
@@ -50,6 +50,9 @@ def build_plan(spec, bundle, container_id, facts, options):
         raise ConfigError("must be an object", field="linux")
     new, join = specs.build_namespaces(linux)
     userns = specs.build_id_maps(linux, "user" in new)
+    if userns is not None:
+        userns["writer"] = specs.build_map_writer(userns, facts.get("euid", 0),
+                                                  facts.get("egid", 0))
     if "user" in new and userns is None:
         raise ConfigError("a new user namespace needs uidMappings and gidMappings",
                           field="linux.uidMappings")

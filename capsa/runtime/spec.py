@@ -137,6 +137,27 @@ def build_id_maps(linux, has_userns):
     return {"uid_map": maps["uidMappings"], "gid_map": maps["gidMappings"]}
 
 
+def build_map_writer(userns, euid, egid):
+    """Who may write the maps (user_namespaces(7)): "root" writes any map; an unprivileged
+    caller writes only a one-line map of its own id ("self", with setgroups denied first for
+    gid_map); any other map needs the setuid helpers newuidmap/newgidmap ("helper")."""
+    if euid == 0:
+        return "root"
+    own_uid = _single(userns["uid_map"])
+    own_gid = _single(userns["gid_map"])
+    if own_uid is not None and own_uid[1:] == (euid, 1) and \
+            own_gid is not None and own_gid[1:] == (egid, 1):
+        return "self"
+    return "helper"
+
+
+def _single(text):
+    lines = text.splitlines()
+    if len(lines) != 1:
+        return None
+    return tuple(int(word) for word in lines[0].split())
+
+
 def map_id(id_map_text, inner):
     """Host id for container id `inner` under a map text, or None when it is not mapped."""
     if not id_map_text:

@@ -81,6 +81,9 @@ class FakeKernel:
     def _do_umask(self, mask):
         return 0o022
 
+    def _do_run_helper(self, path, argv):
+        return 0, ""
+
 
 def _recorder(name):
     def method(self, *args, **kwargs):

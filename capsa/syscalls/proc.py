@@ -6,6 +6,7 @@ capsa.syscalls.fake; imports only ctypes, os, libc and errors.
 import ctypes
 import os
 
+from capsa.errors import KernelError
 from capsa.syscalls.libc import check, fail, fsencode, libc, syscall
 
 CLONE_NEWTIME = 0x00000080
@@ -56,6 +57,35 @@ def _os(what, fn, *args):
 
 class ProcCalls:
     """Calls that change the calling process: namespaces, credentials, limits, exec."""
+
+    def run_helper(self, path, argv):
+        """Run a host helper program (newuidmap, newgidmap) to completion: -> (exit status,
+        its stderr text). Never through a shell; stdin and stdout are /dev/null."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                pid = os.posix_spawn(path, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
+                                                   (os.POSIX_SPAWN_DUP2, null, 1),
+                                                   (os.POSIX_SPAWN_DUP2, write_end, 2)])
+            except OSError as exc:
+                raise KernelError("cannot run %s: %s" % (path, exc.strerror), errno=exc.errno)
+            os.close(write_end)
+            write_end = -1
+            chunks = []
+            while True:
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+        finally:
+            for fd in (read_end, write_end, null):
+                if fd >= 0:
+                    os.close(fd)
+
 
     def unshare(self, flags):
         check(syscall("unshare", ctypes.c_int(flags)), "unshare(%#x)" % flags)

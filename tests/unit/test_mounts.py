@@ -221,7 +221,9 @@ def test_cgroup_hybrid_is_a_read_only_v1_tree_of_the_own_cgroups():
     links = [(s["dest"], s["target"]) for s in steps if s["op"] == "symlink"]
     assert links == [("/sys/fs/cgroup/cpu", "cpu,cpuacct"), ("/sys/fs/cgroup/cpuacct", "cpu,cpuacct")]
     assert steps[-1] == {"op": "setattr", "field": "mounts[0]", "dest": "/sys/fs/cgroup",
-                         "attrs": [fs.MOUNT_ATTR_RDONLY, 0]}
+                         "attrs": [fs.MOUNT_ATTR_RDONLY, 0], "cgroupfs": True}
+    # every step of the tree is marked, so a rootless create without cgroups can drop them all
+    assert all(s.get("cgroupfs") for s in steps)
 
 
 def test_cgroup_rw_when_the_spec_says_so():

@@ -6,6 +6,7 @@ import pytest
 from capsa.errors import ConfigError
 from capsa.runtime.plan import build_plan
 from capsa.runtime.specgen import build_default_spec
+from capsa.syscalls.fake import FakeKernel
 
 LAYOUT = {"mode": "hybrid",
           "v1": {"cpu": "/sys/fs/cgroup/cpu", "memory": "/sys/fs/cgroup/memory",
@@ -51,8 +52,45 @@ def test_user_namespace_maps_in_plan():
         spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
         spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 1000, "size": 1}]
     plan = _plan(mutate)
-    assert plan["userns"] == {"uid_map": "0 1000 1\n", "gid_map": "0 1000 1\n"}
+    assert plan["userns"] == {"uid_map": "0 1000 1\n", "gid_map": "0 1000 1\n",
+                              "writer": "root"}
     assert plan["namespaces"]["new"][0] == "user"
+
+
+@pytest.mark.parametrize("uid_map, gid_map, writer", [
+    ("0 1000 1\n", "0 1000 1\n", "self"),         # its own ids only: written directly
+    ("0 1000 1\n", "0 0 1\n", "helper"),          # another gid: only newgidmap may
+    ("0 1000 1\n1 100000 65536\n", "0 1000 1\n", "helper"),   # subordinate ranges
+    ("5 1000 1\n", "5 1000 1\n", "self"),
+    ("0 1000 2\n", "0 1000 1\n", "helper"),
+])
+def test_an_unprivileged_caller_writes_only_its_own_single_map(uid_map, gid_map, writer):
+    from capsa.runtime.spec import build_map_writer
+    userns = {"uid_map": uid_map, "gid_map": gid_map}
+    assert build_map_writer(userns, 1000, 1000) == writer
+    assert build_map_writer(userns, 0, 0) == "root"
+
+
+def test_rootless_maps_deny_setgroups_first_or_go_through_the_helpers():
+    from capsa.runtime.apply.namespaces import apply_id_maps
+    kernel = FakeKernel()
+    apply_id_maps(kernel, 42, {"uid_map": "0 1000 1\n", "gid_map": "0 1000 1\n",
+                               "writer": "self"})
+    assert [call[0] for call in kernel.calls_of("write_file")] == [
+        "/proc/42/setgroups", "/proc/42/uid_map", "/proc/42/gid_map"]
+    kernel = FakeKernel()
+    apply_id_maps(kernel, 42, {"uid_map": "0 1000 1\n1 100000 65536\n",
+                               "gid_map": "0 1000 1\n", "writer": "helper"})
+    assert kernel.calls_of("run_helper") == [
+        ("/usr/bin/newuidmap", ["newuidmap", "42", "0", "1000", "1", "1", "100000", "65536"]),
+        ("/usr/bin/newgidmap", ["newgidmap", "42", "0", "1000", "1"])]
+    assert kernel.calls_of("write_file") == []
+    kernel.returns["run_helper"] = (1, "newuidmap: uid range [1-65537) -> [100000-165536) "
+                                       "not allowed\n")
+    with pytest.raises(ConfigError) as info:
+        apply_id_maps(kernel, 42, {"uid_map": "0 1000 1\n1 100000 65536\n",
+                                   "gid_map": "0 1000 1\n", "writer": "helper"})
+    assert info.value.field == "linux.uidMappings" and "not allowed" in info.value.line()
 
 
 @pytest.mark.parametrize("mutate, options, field", [

@@ -42,9 +42,29 @@ def apply_unshare(kernel, types):
         kernel.unshare(build_unshare_flags(types))
 
 
+_HELPERS = {"newuidmap": "/usr/bin/newuidmap", "newgidmap": "/usr/bin/newgidmap"}
+
+
 def apply_id_maps(kernel, pid, userns):
     """Write a child's uid_map and gid_map from the host side (the parent)."""
     base = "/proc/%d/" % pid
+    writer = userns.get("writer", "root")
+    if writer == "helper":
+        for tool, key in (("newuidmap", "uid_map"), ("newgidmap", "gid_map")):
+            argv = [tool, str(pid)] + userns[key].split()
+            status, err = kernel.run_helper(_HELPERS[tool], argv)
+            if status != 0:
+                raise ConfigError("%s refused the %s: %s" % (tool, key.replace("_", " "),
+                                                             err.strip() or "exit %d" % status),
+                                  field="linux.uidMappings" if key == "uid_map"
+                                  else "linux.gidMappings",
+                                  hint="an unprivileged user may map only its own id, or the "
+                                       "ranges /etc/subuid and /etc/subgid give it (package "
+                                       "uidmap)")
+        return
+    if writer == "self":
+        # an unprivileged gid_map is accepted only once setgroups(2) is off for good
+        kernel.write_file(base + "setgroups", "deny")
     kernel.write_file(base + "uid_map", userns["uid_map"])
     kernel.write_file(base + "gid_map", userns["gid_map"])
 

@@ -1,0 +1,179 @@
+"""capsa-runtime run by an unprivileged user, as `runc` rootless is: a user namespace mapping
+the caller's own ids (or its /etc/subuid ranges through newuidmap), no cgroups it may not make,
+and nothing left behind. Each observation is compared with runc's for the same bundle.
+
+Needs root (to make the user) and unprivileged user namespaces.
+"""
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from capsa.runtime.specgen import build_default_spec
+from tests.bundles import RUNC, capsa_runtime_command, make_rootfs
+
+USER = "capsa-rootless"
+
+
+def _userns_missing():
+    if os.geteuid() != 0:
+        return "needs root to create the test user"
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as handle:
+            if int(handle.read()) == 0:
+                return "user namespaces are disabled (user.max_user_namespaces = 0)"
+    except OSError:
+        return "no /proc/sys/user/max_user_namespaces: kernel without user namespaces"
+    try:
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as handle:
+            if handle.read().strip() == "0":
+                return "unprivileged user namespaces are off (kernel.unprivileged_userns_clone)"
+    except OSError:
+        pass
+    if not shutil.which("useradd"):
+        return "no useradd on this host"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_userns_missing() is not None, reason=_userns_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def user():
+    """A throwaway unprivileged user (with Debian's default /etc/subuid range), and a 0755
+    work folder it owns."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
+                       check=True)
+    entry = pwd.getpwnam(USER)
+    work = tempfile.mkdtemp(prefix="capsa-rootless-")
+    os.chmod(work, 0o755)
+    os.chown(work, entry.pw_uid, entry.pw_gid)
+    try:
+        yield {"uid": entry.pw_uid, "gid": entry.pw_gid, "work": work}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["userdel", USER], check=False)
+
+
+def _as_user(user, argv, timeout=60):
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                              timeout=timeout, cwd=user["work"], user=user["uid"],
+                              group=user["gid"], extra_groups=[],
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user["work"],
+                                   "XDG_RUNTIME_DIR": user["work"]})
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode, out.read().decode(),
+                                           err.read().decode())
+
+
+def _bundle(user, name, args, mutate=None):
+    bundle = os.path.join(user["work"], name)
+    os.mkdir(bundle)
+    make_rootfs(bundle)
+    spec = build_default_spec(args, rootless=True, terminal=False, uid=user["uid"],
+                              gid=user["gid"])
+    if mutate:
+        mutate(spec)
+    with open(os.path.join(bundle, "config.json"), "w") as handle:
+        json.dump(spec, handle)
+    for folder, dirs, files in os.walk(bundle):
+        for item in [folder] + [os.path.join(folder, f) for f in files]:
+            os.lchown(item, user["uid"], user["gid"])
+    return bundle
+
+
+def _runtimes(user):
+    return {"capsa": capsa_runtime_command() + ["--root", os.path.join(user["work"], "capsa")],
+            "runc": [RUNC, "--root", os.path.join(user["work"], "runc")]}
+
+
+PROBE = "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; " \
+        "touch /dev/shm/w && echo writable; cat /proc/self/status | grep ^CapEff; exit 3"
+
+
+def test_rootless_run_sees_root_inside_mapped_to_the_caller(user):
+    seen = {}
+    for name, runtime in _runtimes(user).items():
+        bundle = _bundle(user, "run-" + name, ["sh", "-c", PROBE])
+        result = _as_user(user, runtime + ["run", "--bundle", bundle, "r1"])
+        assert result.returncode == 3, "%s: %s" % (name, result.stderr)
+        words = result.stdout.split()
+        seen[name] = words
+    assert seen["capsa"] == seen["runc"]
+    assert seen["capsa"][:2] == ["0", "0"]
+    assert seen["capsa"][2:8] == ["0", str(user["uid"]), "1", "0", str(user["gid"]), "1"]
+    assert seen["capsa"][8] == "deny" and "writable" in seen["capsa"]
+    # nothing left: the state folder is empty, no cgroup was made for the user
+    assert os.listdir(os.path.join(user["work"], "capsa")) == []
+    assert not [path for path in os.listdir("/sys/fs/cgroup/memory") if path == "r1"]
+
+
+def test_rootless_create_exec_kill_delete(user):
+    runtime = _runtimes(user)["capsa"]
+    bundle = _bundle(user, "life", ["sleep", "100"])
+    assert _as_user(user, runtime + ["create", "--bundle", bundle, "l1"]).returncode == 0
+    try:
+        assert _as_user(user, runtime + ["start", "l1"]).returncode == 0
+        state = json.loads(_as_user(user, runtime + ["state", "l1"]).stdout)
+        assert state["status"] == "running"
+        with open("/proc/%d/status" % state["pid"]) as handle:
+            uids = [line.split()[1] for line in handle if line.startswith("Uid:")]
+        assert uids == [str(user["uid"])]      # root inside is the caller outside
+        execd = _as_user(user, runtime + ["exec", "l1", "sh", "-c", "id -u; id -G"])
+        assert execd.returncode == 0, execd.stderr
+        assert execd.stdout.split() == ["0", "0"]
+        assert _as_user(user, runtime + ["kill", "l1", "KILL"]).returncode == 0
+    finally:
+        deleted = _as_user(user, runtime + ["delete", "--force", "l1"])
+    assert deleted.returncode == 0, deleted.stderr
+    assert os.listdir(os.path.join(user["work"], "capsa")) == []
+
+
+def test_subordinate_ranges_go_through_newuidmap(user):
+    if not (os.access("/usr/bin/newuidmap", os.X_OK) and os.access("/usr/bin/newgidmap", os.X_OK)):
+        pytest.skip("no newuidmap/newgidmap (Debian package uidmap)")
+    with open("/etc/subuid") as handle:
+        ranges = [line.strip().split(":") for line in handle if line.startswith(USER + ":")]
+    if not ranges:
+        pytest.skip("useradd gave %s no /etc/subuid range on this host" % USER)
+    start, count = int(ranges[0][1]), min(int(ranges[0][2]), 65536)
+
+    def wide(spec):
+        for key, own in (("uidMappings", user["uid"]), ("gidMappings", user["gid"])):
+            spec["linux"][key] = [{"containerID": 0, "hostID": own, "size": 1},
+                                  {"containerID": 1, "hostID": start, "size": count}]
+        # a user other than root inside exists only through the subordinate range
+        spec["process"]["user"] = {"uid": 1000, "gid": 1000}
+    script = "id -u; id -g; cat /proc/self/uid_map; cat /proc/self/setgroups"
+    seen = {}
+    for name, runtime in _runtimes(user).items():
+        bundle = _bundle(user, "wide-" + name, ["sh", "-c", script], mutate=wide)
+        result = _as_user(user, runtime + ["run", "--bundle", bundle, "w1"])
+        assert result.returncode == 0, "%s: %s" % (name, result.stderr)
+        seen[name] = result.stdout.split()
+    assert seen["capsa"] == seen["runc"]
+    assert seen["capsa"][:2] == ["1000", "1000"]
+    assert seen["capsa"][2:8] == ["0", str(user["uid"]), "1", "1", str(start), str(count)]
+    assert seen["capsa"][8] == "allow"
+
+
+def test_a_range_the_user_does_not_own_is_one_clear_line(user):
+    runtime = _runtimes(user)["capsa"]
+
+    def foreign(spec):
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 0, "size": 1}]
+    bundle = _bundle(user, "foreign", ["true"], mutate=foreign)
+    result = _as_user(user, runtime + ["run", "--bundle", bundle, "f1"])
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "linux.uidMappings" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(os.path.join(user["work"], "capsa")) == []
