@@ -257,3 +257,15 @@ def test_a_read_error_mid_copy_is_one_line_and_leaves_nothing(ctx, made, monkeyp
     assert line.startswith("image: cannot run %s: cannot read %s: " % (ref, ref)), line
     assert "\n" not in line
     assert store_files(store) == empty
+
+
+def test_a_full_id_is_found_without_reading_every_record(ctx, made, monkeypatch):
+    image, paths = made
+    store = ImageStore(ctx.store_root)
+    prepare.read_or_pull_image(ctx, store, "oci-archive:" + paths["oci-archive"], "missing")
+    monkeypatch.setattr(ImageStore, "records", lambda self: pytest.fail("records() read"))
+    assert store.lookup(image) == (image, None)
+    assert store.lookup(image[7:]) == (image, None)
+    monkeypatch.undo()
+    with pytest.raises(ImageError):
+        store.lookup("sha256:" + "c" * 64)

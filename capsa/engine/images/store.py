@@ -288,6 +288,11 @@ class ImageStore:
             raise ImageError("empty image reference", field="image", hint="name an image")
         text = ref[len("docker://"):] if ref.startswith("docker://") else ref
         bare = text[7:] if text.startswith("sha256:") else text
+        if len(bare) == 64 and set(bare) <= _HEX \
+                and os.path.isfile(self.path("meta", bare + ".json")):
+            # a full id (run resolves the image once, then mounts it by id): one stat, not
+            # every record read
+            return "sha256:" + bare, None
         if 6 <= len(bare) <= 64 and set(bare) <= _HEX:
             ids = [r["id"] for r in self.records() if _hex(r["id"]).startswith(bare)]
             if len(ids) == 1:
