@@ -182,6 +182,12 @@ def test_declared_image_key_takes_a_transport(eng, tmp_path):
     eng.run("start", "-d", "fromoci", check=0)
     assert (out / "x").read_text() == "declared\n"
     assert "localhost/layout:v1" in image_names(eng)[next(iter(image_names(eng)))]
+    missing = "oci:%s:v1" % (tmp_path / "missing")
+    (home / "configs" / "broken").write_text("image=%s\nnetwork=none\ncommand=true\n" % missing)
+    kept = read_leftovers(eng.root)
+    proc = eng.run("start", "-d", "broken")
+    assert proc.returncode != 0 and missing in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and read_leftovers(eng.root) == kept
 
 
 def test_two_containers_reach_each_other_by_name(eng):
