@@ -79,6 +79,13 @@ def _unit_dirs(machine, unit):
     return [os.path.join(machine.cgroup_dir(name), "system.slice", unit) for name in HIERARCHIES]
 
 
+def _read_unit_file(machine, unit, controller, name):
+    """A file of the unit's cgroup, read from the host side."""
+    path = os.path.join(machine.cgroup_dir(controller), "system.slice", unit, name)
+    with open(path) as handle:
+        return handle.read().strip()
+
+
 def test_the_container_lives_in_its_own_scope_with_every_limit(systemd_machine, capsa):
     machine = systemd_machine
     cid, unit = _container(machine, capsa)
@@ -105,15 +112,12 @@ def test_limits_and_device_rules_survive_a_daemon_reload(systemd_machine, capsa)
     machine = systemd_machine
     cid, unit = _container(machine, capsa)
     try:
-        memory, devices = _unit_dirs(machine, unit)[0], _unit_dirs(machine, unit)[3]
-        with open(devices + "/devices.list") as handle:
-            before = sorted(handle.read().split("\n"))
+        before = sorted(_read_unit_file(machine, unit, "devices", "devices.list").split("\n"))
         machine.run(["systemctl", "daemon-reload"], check=True)
-        with open(devices + "/devices.list") as handle:
-            assert sorted(handle.read().split("\n")) == before
-        assert "a *:* rwm" not in before
-        with open(memory + "/memory.limit_in_bytes") as handle:
-            assert handle.read().strip() == str(64 << 20)
+        after = sorted(_read_unit_file(machine, unit, "devices", "devices.list").split("\n"))
+        assert after == before and "a *:* rwm" not in before
+        assert _read_unit_file(machine, unit, "memory", "memory.limit_in_bytes") == \
+            str(64 << 20)
         # a disk node made inside still cannot be opened
         probe = capsa("exec", cid, "sh", "-c", "mknod /dev/disk b 8 0 && head -c1 /dev/disk",
                       check=False)
@@ -130,11 +134,9 @@ def test_update_tells_systemd_and_the_files(systemd_machine, capsa):
         shown = _show(machine, unit, ("MemoryLimit", "TasksMax"))
         assert shown == {"MemoryLimit": str(100 << 20), "TasksMax": "70"}
         machine.run(["systemctl", "daemon-reload"], check=True)
-        memory, pids = _unit_dirs(machine, unit)[0], _unit_dirs(machine, unit)[1]
-        with open(memory + "/memory.limit_in_bytes") as handle:
-            assert handle.read().strip() == str(100 << 20)
-        with open(pids + "/pids.max") as handle:
-            assert handle.read().strip() == "70"
+        assert _read_unit_file(machine, unit, "memory", "memory.limit_in_bytes") == \
+            str(100 << 20)
+        assert _read_unit_file(machine, unit, "pids", "pids.max") == "70"
     finally:
         capsa("delete", "-f", cid, check=False)
 
