@@ -427,6 +427,10 @@ def _child_namespaces(kernel, plan, sock):
         kernel.setresuid(0, 0, 0)
     apply_join(kernel, join, [kind for kind in join if kind not in ("user", "cgroup")])
     apply_unshare(kernel, [kind for kind in new if kind not in ("user", "cgroup")])
+    if "network" in new:
+        # a new network namespace starts with lo down; runc brings it up (its "loopback"
+        # network), and podman's and Docker's --network none count on that
+        kernel.link_up("lo")
     apply_time_offsets(kernel, plan["time_offsets"])
 
 

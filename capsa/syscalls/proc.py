@@ -10,6 +10,10 @@ from capsa.errors import KernelError
 from capsa.syscalls.libc import check, fail, fsencode, libc, syscall
 
 CLONE_NEWTIME = 0x00000080
+# <linux/sockios.h>, <net/if.h>: struct ifreq is a 16-byte name and a 24-byte union
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -57,6 +61,18 @@ def _os(what, fn, *args):
 
 class ProcCalls:
     """Calls that change the calling process: namespaces, credentials, limits, exec."""
+
+    def link_up(self, name):
+        """Bring a network interface of the current network namespace up (SIOCSIFFLAGS)."""
+        sock = check(libc.socket(2, 2 | 0o2000000, 0), "socket(AF_INET)")  # DGRAM|CLOEXEC
+        try:
+            ifreq = ctypes.create_string_buffer(name.encode(), 40)
+            check(libc.ioctl(sock, SIOCGIFFLAGS, ifreq), "SIOCGIFFLAGS %s" % name)
+            flags = int.from_bytes(ifreq.raw[16:18], "little") | IFF_UP
+            ifreq[16:18] = flags.to_bytes(2, "little")
+            check(libc.ioctl(sock, SIOCSIFFLAGS, ifreq), "SIOCSIFFLAGS %s up" % name)
+        finally:
+            os.close(sock)
 
     def run_helper(self, path, argv):
         """Run a host helper program (newuidmap, newgidmap) to completion: -> (exit status,

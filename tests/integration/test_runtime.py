@@ -115,6 +115,22 @@ def test_pid_1_in_new_pid_namespace_and_hostname(rt):
     assert cmdline.startswith("sh -c")
 
 
+def test_a_new_network_namespace_has_loopback_up_as_with_runc(rt):
+    """runc brings lo up in a network namespace it makes; --network none of podman and Docker
+    count on 127.0.0.1 answering. A joined namespace is left as it is."""
+    from tests.bundles import RUNC, run_runtime
+    probe = ["sh", "-c", "cat /sys/class/net/lo/operstate /sys/class/net/lo/flags; "
+             "nc -l -p 7070 -e echo hi & sleep 0.2; nc 127.0.0.1 7070"]
+    bundle = rt.bundle(probe)
+    ours = rt.run_bundle(bundle, "lo-up")
+    theirs = run_runtime(RUNC, "run", "--bundle", bundle, "lo-up-runc", root=rt.tmp / "runc")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == theirs.stdout.split()
+    # operstate of lo is "unknown" once up; flags carry IFF_UP (0x1)
+    state, flags, answer = ours.stdout.split()
+    assert int(flags, 16) & 1 and answer == "hi"
+
+
 def test_lifecycle_create_start_state_delete_and_pid_file(rt, tmp_path):
     bundle = rt.bundle(["sh", "-c", "echo started > /tmp/flag; sleep 30"],
                        mutate=lambda s: s["root"].update(readonly=False))
