@@ -7,7 +7,7 @@ capsa.syscalls.dbus, only inside the systemd_* methods).
 import ctypes
 import os
 
-from capsa.syscalls.libc import check, fail, syscall
+from capsa.syscalls.libc import check, fail, fsencode, libc, syscall
 
 # <linux/bpf.h>
 BPF_PROG_LOAD = 5
@@ -18,6 +18,10 @@ BPF_PROG_QUERY = 16
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
+# <sys/inotify.h>
+IN_MODIFY = 0x2
+IN_CLOEXEC = 0o2000000
+IN_NONBLOCK = 0o4000
 
 
 class _ProgLoad(ctypes.Structure):
@@ -110,6 +114,21 @@ class CgroupCalls:
         attr = _GetFdById(prog_id=prog_id)
         fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr, "bpf(BPF_PROG_GET_FD_BY_ID %d)" % prog_id)
         os.set_inheritable(fd, False)
+        return fd
+
+    def eventfd(self):
+        """A close-on-exec eventfd (for v1 cgroup.event_control notifications)."""
+        return os.eventfd(0, os.EFD_CLOEXEC)
+
+    def inotify_watch(self, path, mask):
+        """A non-blocking inotify fd watching `path` for `mask` (cgroup v2 *.events files
+        raise IN_MODIFY when a counter changes)."""
+        fd = check(libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK), "inotify_init1")
+        if libc.inotify_add_watch(fd, fsencode(path), mask) < 0:
+            try:
+                fail("inotify_add_watch %s" % path)
+            finally:
+                os.close(fd)
         return fd
 
     # systemd (PID 1) over D-Bus; properties are JSON lists [name, D-Bus signature, value]

@@ -115,6 +115,33 @@ def test_events_stats_and_ps(rt):
     assert sorted(line.split()[1] for line in table[1:]) == ["sh", "sleep", "sleep"]
 
 
+def test_events_waits_on_notifications_not_on_the_interval(rt):
+    """With a 60 s interval the OOM and the container's end still show at once: the stream
+    sleeps on an OOM notification fd (v1 eventfd, v2 inotify) and a pidfd of the init."""
+    rt.start("o2", ["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1"],
+             {"memory": {"limit": 16 << 20, "swap": 16 << 20}})
+    started = time.monotonic()
+    proc = subprocess.Popen(RUNTIME + ["--root", str(rt.root), "events", "--interval", "60s",
+                                       "o2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        kinds_of_fds = set()
+        for fd in os.listdir("/proc/%d/fd" % proc.pid):
+            try:
+                kinds_of_fds.add(os.readlink("/proc/%d/fd/%s" % (proc.pid, fd)))
+            except OSError:
+                pass
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["type"] for line in out.decode().splitlines()] == ["oom"]
+    assert time.monotonic() - started < 15
+    assert "anon_inode:[pidfd]" in kinds_of_fds
+    assert kinds_of_fds & {"anon_inode:[eventfd]", "anon_inode:inotify"}, kinds_of_fds
+
+
 def test_events_stream_reports_an_oom_kill_and_ends_with_the_container(rt):
     rt.start("o1", ["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1"],
              {"memory": {"limit": 16 << 20, "swap": 16 << 20}})

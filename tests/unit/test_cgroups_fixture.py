@@ -92,7 +92,7 @@ class TmpCgroupFs:
                 files.update(V2_FILES.get(name, {}))
         else:
             files = dict(V1_FILES.get(controller, {}))
-            files.update({"cgroup.procs": "", "tasks": ""})
+            files.update({"cgroup.procs": "", "tasks": "", "cgroup.event_control": ""})
         for name, value in files.items():
             with open(os.path.join(path, name), "w") as handle:
                 handle.write(value)

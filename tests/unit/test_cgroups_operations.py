@@ -78,18 +78,29 @@ def test_events_stats_once_and_stream_with_oom(container):
     now = [0.0]
     memory = container["plan"]["paths"]["memory"]
 
-    def sleep(seconds):
-        now[0] += seconds
-        if abs(now[0] - 1.0) < 1e-6:
+    waits = []
+
+    def wait(fds, timeout):
+        waits.append((len(fds), timeout))
+        now[0] += min(timeout, 0.4)
+        if abs(now[0] - 0.4) < 1e-6:
             with open(memory + "/memory.oom_control", "w") as handle:
                 handle.write("oom_kill_disable 0\noom_kill 1\n")
         if now[0] > 2.55:
             container["sleeper"].kill()
             container["sleeper"].wait()
+        return []
+    kernel = container["kernel"]
     operations.run_events(container["root"], "c1", lines.append, interval=1.0,
-                          clock=lambda: now[0], sleep=sleep)
+                          clock=lambda: now[0], wait=wait, kernel=kernel)
     kinds = [json.loads(line)["type"] for line in lines]
     assert kinds == ["oom", "stats", "stats"]
+    # registered for OOM notifications (v1: eventfd + memory.oom_control fd), and sleeping on
+    # them and the init's pidfd until the next stats event, not polling
+    control = [entry for entry in kernel.log if entry[0] == "write" and
+               entry[1].endswith("/cgroup.event_control")]
+    assert len(control) == 1 and len(control[0][2].split()) == 2
+    assert waits[0] == (2, 1.0)
 
 
 def test_ps_json_and_table(container):

@@ -69,36 +69,93 @@ def apply_container_update(root, container_id, resources, kernel=None):
     return new_plan
 
 
-def run_events(root, container_id, write, interval=5.0, stats_once=False, clock=None, sleep=None):
+def run_events(root, container_id, write, interval=5.0, stats_once=False, clock=None, wait=None,
+               kernel=None):
     """`events`: one stats event (--stats), or a stats event every `interval` seconds plus an
-    "oom" event whenever the kernel's OOM killer strikes, until the container stops."""
+    "oom" event whenever the kernel's OOM killer strikes, until the container stops.
+
+    Sleeps in select(2) on an OOM notification fd and a pidfd of the init (it turns readable
+    at exit), so an OOM or the end is seen at once; without them it polls 10 times a second.
+    `wait(fds, timeout) -> ready fds` and `clock` are for tests."""
     import time
     from capsa.runtime.cgroups.control import build_event
     from capsa.runtime.cgroups.manager import read_stats
-    from capsa.runtime.cgroups.stats import read_oom_count
+    from capsa.runtime.cgroups.stats import apply_oom_watch, read_oom_count
     clock = clock or time.monotonic
-    sleep = sleep or time.sleep
+    wait = wait or _wait_readable
     record, _, plan = read_live_container(root, container_id)
     if stats_once:
         write(build_event("stats", container_id, read_stats(plan)))
         return
     if interval <= 0:
         raise UsageError("--interval must be positive")
+    if kernel is None:
+        from capsa.syscalls.kernel import Kernel
+        kernel = Kernel()
+    watch = apply_oom_watch(kernel, plan)
+    pidfd = _open_pidfd(record)
     ooms = read_oom_count(plan)
     due = clock() + interval
-    # OOM kills are polled from memory.oom_control / memory.events at least 10 times a second.
-    tick = min(interval, 0.1)
-    while True:
-        sleep(tick)
-        count = read_oom_count(plan)
-        if count > ooms:
-            write(build_event("oom", container_id))
-            ooms = count
-        if states.derive_status(record) == "stopped":
-            return
-        if clock() >= due:
-            write(build_event("stats", container_id, read_stats(plan)))
-            due += interval
+    # An eventfd signal comes as the OOM killer starts; the oom_kill count that says it killed
+    # follows a moment later (and kernels before 4.13 have none): after a signal, look again
+    # every 50 ms, and report the signal itself if no count moves within a second.
+    pending = None
+    try:
+        while True:
+            fds = [fd for fd in (watch and watch[1], pidfd) if fd is not None]
+            timeout = max(0.0, due - clock())
+            if watch is None or pidfd is None:
+                timeout = min(timeout, 0.1)
+            if pending is not None:
+                timeout = min(timeout, 0.05)
+            ready = wait(fds, timeout)
+            if watch and watch[1] in ready and _drain(watch[1]) and watch[0] == "eventfd":
+                pending = pending or clock() + 1.0
+            count = read_oom_count(plan)
+            if count > ooms or (pending is not None and clock() >= pending):
+                write(build_event("oom", container_id))
+                ooms = max(count, ooms)
+                pending = None
+            if (pidfd is not None and pidfd in ready) or \
+                    states.derive_status(record) == "stopped":
+                if pending is not None and read_oom_count(plan) <= ooms:
+                    write(build_event("oom", container_id))
+                return
+            if clock() >= due:
+                write(build_event("stats", container_id, read_stats(plan)))
+                due += interval
+    finally:
+        for fd in (watch and watch[1], pidfd):
+            if fd is not None:
+                os.close(fd)
+
+
+def _wait_readable(fds, timeout):
+    import select
+    if not fds:
+        import time
+        time.sleep(timeout)
+        return []
+    return select.select(fds, [], [], timeout)[0]
+
+
+def _drain(fd):
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return False
+
+
+def _open_pidfd(record):
+    """A pidfd of the init, or None (then the stream polls for the end)."""
+    try:
+        pidfd = os.pidfd_open(record["pid"])
+    except (OSError, KeyError, TypeError):
+        return None
+    if states.read_start_time(record["pid"]) != record.get("pid_start"):
+        os.close(pidfd)  # the pid is another process's now
+        return None
+    return pidfd
 
 
 def read_ps(root, container_id, fmt="table", ps_args=()):

@@ -1,7 +1,8 @@
 """Resource statistics of a container's cgroups in runc's `events --stats` shape, and its OOM count.
 
-Only reads cgroupfs (v1 files, v2 files, or both on a hybrid host). Imports nothing from capsa
-but the plan's data; a missing file just leaves its field out.
+Only reads cgroupfs (v1 files, v2 files, or both on a hybrid host), but for apply_oom_watch,
+which registers an OOM notification through the kernel seam. Imports nothing from capsa at
+load time; a missing file just leaves its field out.
 """
 
 _USER_HZ_NS = 10000000  # cpuacct.stat counts USER_HZ (100) ticks; runc reports nanoseconds
@@ -211,3 +212,30 @@ def read_oom_count(plan):
     if kind == "v2":
         return _keyed(path + "/memory.events").get("oom_kill", 0)
     return 0
+
+
+def apply_oom_watch(kernel, plan):
+    """-> (kind, fd) that turns readable when the kernel's OOM killer visits the container's
+    memory cgroup: v1 an eventfd registered on memory.oom_control via cgroup.event_control,
+    v2 an inotify watch on memory.events; None where neither can be had (the caller polls)."""
+    import os
+    from capsa.errors import KernelError
+    kind, path = _where(plan, "memory")
+    try:
+        if kind == "v1":
+            efd = kernel.eventfd()
+            try:
+                ofd = kernel.open(path + "/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    kernel.write_file(path + "/cgroup.event_control", "%d %d" % (efd, ofd))
+                finally:
+                    kernel.close(ofd)
+            except KernelError:
+                kernel.close(efd)
+                raise
+            return ("eventfd", efd)
+        if kind == "v2":
+            return ("inotify", kernel.inotify_watch(path + "/memory.events", 0x2))  # IN_MODIFY
+    except KernelError:
+        return None
+    return None
