@@ -251,3 +251,23 @@ def test_update_tells_systemd_before_writing_the_files(tmp_path):
     assert sent["MemoryLimit"] == ("t", 128 << 20) and sent["TasksMax"] == ("t", 9)
     assert ["/dev/char/10:200", "rwm"] in sent["DeviceAllow"][1]
     assert fs.read("memory/system.slice/capsa-c1.scope/memory.limit_in_bytes") == str(128 << 20)
+
+
+def test_v2_plan_asks_for_v2_properties_and_joins_the_unified_unit(tmp_path):
+    """A pure cgroup v2 host under systemd, the common production case."""
+    fs = TmpCgroupFs(tmp_path, "v2")
+    plan = build_cgroup_plan({"cgroupsPath": "machine.slice:libpod:abc",
+                              "resources": {"memory": {"limit": 1 << 30, "swap": 3 << 29},
+                                            "cpu": {"shares": 2048, "quota": 150000},
+                                            "pids": {"limit": 99}}},
+                             "abc", _layout(fs), True)
+    got = props(plan["systemd"]["properties"])
+    assert plan["systemd"]["unit"] == "libpod-abc.scope"
+    assert got["MemoryMax"] == ("t", 1 << 30) and got["MemorySwapMax"] == ("t", 1 << 29)
+    assert got["CPUWeight"] == ("t", 79) and got["CPUQuotaPerSecUSec"] == ("t", 1500000)
+    assert got["IOAccounting"] == ("b", True) and "BlockIOAccounting" not in got
+    assert "MemoryLimit" not in got and "CPUShares" not in got
+    assert plan["paths"] == {"unified": fs.root + "/unified/machine.slice/libpod-abc.scope"}
+    # the limits are written to the unit's own files after systemd made it
+    assert [fs.root + "/unified/machine.slice/libpod-abc.scope", "memory.max", str(1 << 30)] == \
+        plan["writes"][0][:3]
