@@ -19,6 +19,7 @@ import pytest
 
 from capsa.engine.network.host import HostSystem
 from capsa.engine.network.manager import NetworkManager
+from capsa.engine.network.rules import build_tag
 from capsa.errors import NetworkError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -289,12 +290,17 @@ import os, sys
 sys.path.insert(0, sys.argv[1])
 from capsa.engine.network.host import HostSystem
 from capsa.engine.network.manager import NetworkManager
+from capsa.engine.network.rules import build_tag
 
 class Crashing(HostSystem):
     def run_plugin(self, path, env, stdin):
         if path.endswith("/firewall") and env["CNI_COMMAND"] == "ADD":
             os.kill(os.getpid(), 9)
         return HostSystem.run_plugin(self, path, env, stdin)
+
+    def add_firewall_rules(self, addresses):
+        # the firewall's ADD once its chains exist (capsa's restore instead of the plugin)
+        os.kill(os.getpid(), 9)
 
 NetworkManager(sys.argv[2], host=Crashing()).attach(sys.argv[3], "victim", "itcrash",
                                                     {"publish": [sys.argv[4] + ":80"]})
@@ -365,6 +371,7 @@ _ATTACHER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from capsa.engine.network.manager import NetworkManager
+from capsa.engine.network.rules import build_tag
 view = NetworkManager(sys.argv[2]).attach(sys.argv[3], sys.argv[3], "itconc", {"publish": ["80"]})
 print(json.dumps(view))
 """
@@ -395,3 +402,96 @@ def test_container_mode_shares_the_namespace_and_its_files(net):
     assert owner["interfaces"][0]["ip"] + "/" in in_netns(guest["netns"], "ip", "-o", "addr").stdout
     net.manager.detach(net.ids[1])
     in_netns(owner["netns"], BUSYBOX, "ping", "-c1", "-W2", owner["interfaces"][0]["gateway"])
+
+
+class Recording(HostSystem):
+    """The real host, noting (plugin, command, CNI_NETNS) of every plugin exec."""
+
+    def __init__(self):
+        HostSystem.__init__(self)
+        self.seen = []
+
+    def start_plugin(self, path, env, stdin):
+        self.seen.append((os.path.basename(path), env["CNI_COMMAND"], env["CNI_NETNS"]))
+        return HostSystem.start_plugin(self, path, env, stdin)
+
+
+def _host_veth(root, cid, network):
+    cache = json.load(open(os.path.join(root, "cache", cid, network + ".json")))
+    return [i["name"] for i in cache["result"]["interfaces"] if i["name"].startswith("veth")][0]
+
+
+def test_unused_namespace_is_unpinned_before_del_and_nothing_is_left(net):
+    """bridge DEL without a namespace only releases the lease (plugins 1.1.1 cmdDel): capsa's
+    one restore removes its masquerade rules and the firewall's, the kernel the veth pair."""
+    net.create("itfast", subnet="10.89.157.0/24")
+    host = Recording()
+    manager = NetworkManager(net.root, host=host)
+    ids = [net.cid(), net.cid()]
+    for cid in ids:
+        view = manager.attach(cid, cid, "itfast", {})
+        net.ips.append(view["interfaces"][0]["ip"])
+    rules = sh("iptables-save").stdout
+    for cid, ip in zip(ids, net.ips):
+        assert "-A CNI-FORWARD -s %s/32 -j ACCEPT" % ip in rules
+        assert '-A POSTROUTING -s %s/32 -m comment --comment "name: \\"itfast\\" id: \\"%s\\""' % (
+            ip, cid) in rules
+        # the firewall plugin's CHECK accepts the rules capsa appended for it
+        manager.check(cid)
+    # the firewall's chains exist after the first attach: the second one's rules are capsa's
+    assert ("firewall", "ADD") not in [s[:2] for s in host.seen[-3:]]
+    veths = [_host_veth(net.root, cid, "itfast") for cid in ids]
+    del host.seen[:]
+    for cid, veth in zip(ids, veths):
+        manager.detach(cid)
+        assert not os.path.exists("/sys/class/net/" + veth)
+    assert host.seen == [("bridge", "DEL", ""), ("bridge", "DEL", "")]
+    assert net.leftovers(with_bridges=False) == []
+
+
+def test_namespace_in_use_is_torn_down_from_inside(net):
+    net.create("itheld", subnet="10.89.158.0/24")
+    host = Recording()
+    manager = NetworkManager(net.root, host=host)
+    cid = net.cid()
+    view = manager.attach(cid, cid, "itheld", {})
+    net.ips.append(view["interfaces"][0]["ip"])
+    veth = _host_veth(net.root, cid, "itheld")
+    holder = net.spawn(view["netns"], BUSYBOX, "sleep", "30")
+    for _ in range(100):
+        if os.readlink("/proc/%d/ns/net" % holder.pid) != os.readlink("/proc/self/ns/net"):
+            break
+        time.sleep(0.01)
+    del host.seen[:]
+    manager.detach(cid)
+    # unpinning would leave the veth on the bridge while the sleeper keeps the namespace
+    assert host.seen == [("bridge", "DEL", view["netns"])]
+    assert not os.path.exists("/sys/class/net/" + veth)
+    assert net.leftovers(with_bridges=False) == []
+
+
+def test_rule_sweep_falls_back_to_one_call_per_rule_when_the_restore_fails(net):
+    class Stale(HostSystem):
+        """iptables-save listing a rule nobody has: the restore's nat commit fails whole."""
+
+        def read_rules(self, table=None):
+            text = HostSystem.read_rules(self, table)
+            if table is None:
+                ghost = ('-A POSTROUTING -s 10.89.159.254/32 -m comment --comment '
+                         '"name: \\"itstale\\" id: \\"%s\\"" -j MASQUERADE' % cid)
+                text = text.replace("*nat\n", "*nat\n" + ghost + "\n", 1)
+            return text
+    net.create("itstale", subnet="10.89.159.0/24")
+    cid = net.cid()
+    manager = NetworkManager(net.root, host=Stale())
+    view = manager.attach(cid, cid, "itstale", {})
+    net.ips.append(view["interfaces"][0]["ip"])
+    removed = manager.host.remove_rules([build_tag("itstale", cid)], net.ips)
+    # each table is its own commit: filter's went through; nat's failed whole on the ghost, and
+    # its three real rules went one by one, the chain after them
+    assert [r.split(" ", 2)[:2] for r in removed if r.startswith("nat: ")] == [["nat:", "-D"]] * 3 + [
+        ["nat:", "-F"], ["nat:", "-X"]]
+    assert not [l for l in sh("iptables-save").stdout.splitlines()
+                if cid in l or net.ips[0] + "/32" in l]
+    manager.detach(cid)
+    assert net.leftovers(with_bridges=False) == []

@@ -28,7 +28,10 @@ class FakeHost:
                       "/etc/hosts": "127.0.0.1 localhost\n"}
         self.dead_owners = set()
         self.next_port = 40000
-        self.rule_sweeps = []    # tags passed to remove_tagged_rules
+        self.rule_sweeps = []    # tags passed to remove_tagged_rules / remove_rules
+        self.rule_addresses = []  # firewall addresses passed to remove_rules
+        self.firewall_chains = False  # made by the first firewall ADD, as on a real host
+        self.firewall_adds = []   # addresses whose rules add_firewall_rules appended
 
     def find_plugin(self, name):
         if name not in self.installed:
@@ -50,12 +53,18 @@ class FakeHost:
             return 0, b"", b""
         if command != "ADD":
             return 0, b"", b""
+        if kind == "firewall":
+            self.firewall_chains = True
         result = conf.get("prevResult") or {"cniVersion": "1.0.0", "interfaces": [], "ips": []}
         if kind == "tuning" and conf.get("runtimeConfig", {}).get("mac"):
             for iface in result["interfaces"]:
                 if iface.get("sandbox"):
                     iface["mac"] = conf["runtimeConfig"]["mac"]
         return 0, json.dumps(result).encode(), b""
+
+    def start_plugin(self, path, env, stdin):
+        answer = self.run_plugin(path, env, stdin)
+        return lambda: answer
 
     def _allocate(self, conf, env):
         span = conf["ipam"]["ranges"][0][0]
@@ -115,6 +124,20 @@ class FakeHost:
     def remove_tagged_rules(self, tag):
         self.rule_sweeps.append(tag)
         return []
+
+    def remove_rules(self, tags, addresses=()):
+        self.rule_sweeps.extend(tags)
+        self.rule_addresses.extend(addresses)
+        return []
+
+    def start_remove_rules(self, tags, addresses=()):
+        removed = self.remove_rules(tags, addresses)
+        return lambda: removed
+
+    def add_firewall_rules(self, addresses):
+        if self.firewall_chains:
+            self.firewall_adds.extend(addresses)
+        return self.firewall_chains
 
     def read_text(self, path):
         return self.texts.get(path, "")

@@ -138,10 +138,12 @@ def test_detach_deletes_in_reverse_with_cached_result_and_leaves_nothing(env):
     manager.attach("c1", "web", "bridge", {"publish": ["8080:80"]})
     del host.calls[:]
     manager.detach("c1")
-    assert host.commands() == [("firewall", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
+    # the firewall plugin's DEL is capsa's one iptables-restore (its two rules, by address)
+    assert host.commands() == [("portmap", "DEL"), ("bridge", "DEL")]
     for call in host.calls:
         assert call[4]["prevResult"]["ips"][0]["address"] == "10.89.200.2/24"
-    assert host.calls[1][4]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
+    assert host.calls[0][4]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
+    assert host.rule_addresses == ["10.89.200.2"]
     assert kernel.calls_of("umount2") == [(str(root / "netns" / "c1"), MNT_DETACH)]
     # the fake namespace file is no mount point: as after a reboot, DEL runs without CNI_NETNS
     # and the rules the bridge plugin tagged with this container are swept
@@ -176,8 +178,9 @@ def test_portmap_runs_only_for_published_ports_and_del_matches_add(env):
     manager.attach("c1", "a", "bridge", {})
     manager.attach("c2", "b", "bridge", {"publish": ["8080:80"]})
     assert [c[0] for c in host.calls if c[2] == "c1"] == ["loopback", "bridge", "firewall"]
-    assert [c[0] for c in host.calls if c[2] == "c2"] == ["loopback", "bridge", "portmap",
-                                                          "firewall"]
+    # the firewall's chains exist after c1: its ADD for c2 is capsa's restore, not the plugin
+    assert [c[0] for c in host.calls if c[2] == "c2"] == ["loopback", "bridge", "portmap"]
+    assert host.firewall_adds == ["10.89.200.3"]
     # the stored network conflist keeps portmap for the next container that publishes
     stored = json.loads((root / "networks" / "capsa.conflist").read_text())
     assert "portmap" in [p["type"] for p in stored["plugins"]]
@@ -185,8 +188,7 @@ def test_portmap_runs_only_for_published_ports_and_del_matches_add(env):
     manager.detach("c1")
     manager.detach("c2")
     assert [(c[0], c[2]) for c in host.calls] == [
-        ("firewall", "c1"), ("bridge", "c1"),
-        ("firewall", "c2"), ("portmap", "c2"), ("bridge", "c2")]
+        ("bridge", "c1"), ("portmap", "c2"), ("bridge", "c2")]
     assert leftovers(root) == []
 
 
@@ -259,7 +261,9 @@ def test_plugin_failure_mid_chain_rolls_everything_back(env):
     host.failures[("portmap", "ADD")] = "port 80 busy"
     with pytest.raises(NetworkError, match="CNI plugin portmap ADD failed: port 80 busy"):
         manager.attach("c1", "x", "app", {"publish": ["8081:80"]})
-    assert host.commands("DEL") == [("firewall", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
+    assert host.commands("DEL") == [("portmap", "DEL"), ("bridge", "DEL")]
+    assert host.rule_sweeps == ['name: \\"app\\" id: \\"c1\\"']
+    assert host.rule_addresses == ["10.89.23.2"]
     # DEL got the last result the chain produced (the bridge's) as prevResult
     assert host.calls[-1][4]["prevResult"]["ips"][0]["address"] == "10.89.23.2/24"
     assert "umount2" in kernel.names() and leftovers(root) == []
@@ -269,13 +273,15 @@ def test_failed_del_keeps_the_record_for_a_retry_and_releases_the_lease(env):
     manager, kernel, host, root = env
     manager.create("app", subnet="10.89.24.0/24")
     manager.attach("c1", "x", "app", {})
-    host.failures[("firewall", "DEL")] = "iptables busy"
+    host.failures[("bridge", "DEL")] = "iptables busy"
     with pytest.raises(NetworkError, match="iptables busy"):
         manager.detach("c1")
     record = json.loads((root / "containers" / "c1.json").read_text())
     assert record["status"] == "detach-failed"
     assert not (root / "ipam" / "app" / "10.89.24.2").exists()
-    del host.failures[("firewall", "DEL")]
+    # the rules were swept although DEL failed
+    assert host.rule_addresses == ["10.89.24.2"]
+    del host.failures[("bridge", "DEL")]
     assert manager.cleanup_stale() == ["container c1"]
     assert leftovers(root) == []
 
@@ -362,6 +368,8 @@ def test_connect_failure_is_rolled_back(env):
     manager.create("front", subnet="10.89.28.0/24")
     manager.create("back", subnet="10.89.29.0/24")
     manager.attach("c1", "web", "front", {})
+    # someone flushed the firewall's chains: its plugin runs again, and fails
+    host.firewall_chains = False
     host.failures[("firewall", "ADD")] = "no"
     with pytest.raises(NetworkError):
         manager.connect("c1", "back")
@@ -436,7 +444,95 @@ def test_cleanup_stale_deletes_from_an_orphan_cache_and_sweeps_its_rules(env):
     del host.calls[:]
     assert manager.cleanup_stale() == ["cache ghost"]
     # the cache holds the chain ADD ran (no portmap: nothing was published), DEL runs that chain
-    assert [(c[0], c[1], c[2]) for c in host.calls] == [
-        ("firewall", "DEL", "ghost"), ("bridge", "DEL", "ghost")]
+    assert [(c[0], c[1], c[2]) for c in host.calls] == [("bridge", "DEL", "ghost")]
     assert host.rule_sweeps == ['name: \\"capsa\\" id: \\"ghost\\"']
+    assert host.rule_addresses == [cache["result"]["ips"][0]["address"].split("/")[0]]
     assert not (root / "cache" / "ghost").exists() and (root / "cache" / "c1").exists()
+
+
+def test_loopback_runs_beside_the_bridge_and_its_failure_undoes_the_attach(env):
+    manager, kernel, host, root = env
+    host.failures[("loopback", "ADD")] = "lo stays down"
+    with pytest.raises(NetworkError, match="CNI plugin loopback ADD failed: lo stays down"):
+        manager.attach("c1", "x", "bridge", {})
+    # loopback was started first, the bridge chain ran while it was pending, then all was undone
+    assert host.commands("ADD")[:2] == [("loopback", "ADD"), ("bridge", "ADD")]
+    assert ("bridge", "DEL") in host.commands() and leftovers(root) == []
+
+
+def test_a_bridge_failure_is_reported_even_while_loopback_is_pending(env):
+    manager, kernel, host, root = env
+    host.failures[("bridge", "ADD")] = "no bridge"
+    host.failures[("loopback", "ADD")] = "no lo"
+    with pytest.raises(NetworkError, match="bridge ADD failed: no bridge"):
+        manager.attach("c1", "x", "bridge", {})
+    assert leftovers(root) == []
+
+
+def _pin(monkeypatch, in_use):
+    """The namespace file as a real mount point (FakeKernel mounts nothing), and whether a
+    process still lives in it."""
+    from capsa.engine.network import manager as module
+    monkeypatch.setattr(module, "read_pinned", lambda path: True)
+    monkeypatch.setattr(module, "read_in_use", lambda path: in_use)
+
+
+def _del_view(host, kernel):
+    """(type, CNI_NETNS, umount2 calls so far) of every DEL, as the plugin saw it."""
+    seen = []
+    run = host.run_plugin
+
+    def spy(path, env, stdin):
+        if env["CNI_COMMAND"] == "DEL":
+            seen.append((path.rsplit("/", 1)[1], env["CNI_NETNS"], len(kernel.calls_of("umount2"))))
+        return run(path, env, stdin)
+    host.run_plugin = spy
+    return seen
+
+
+@pytest.mark.parametrize("in_use", [False, True])
+def test_del_order_follows_whether_a_process_holds_the_namespace(env, monkeypatch, in_use):
+    manager, kernel, host, root = env
+    manager.attach("c1", "x", "bridge", {})
+    _pin(monkeypatch, in_use=in_use)
+    seen = _del_view(host, kernel)
+    manager.detach("c1")
+    path = str(root / "netns" / "c1")
+    if in_use:
+        # a holder would keep the namespace and the veth on the bridge: DEL deletes it inside
+        assert seen == [("bridge", path, 0)]
+    else:
+        # unpinned first: the kernel deletes the veth with the namespace, DEL releases the lease
+        assert seen == [("bridge", "", 1)]
+    assert kernel.calls_of("umount2")[0] == (path, MNT_DETACH)
+    assert host.rule_sweeps == ['name: \\"capsa\\" id: \\"c1\\"'] and host.rule_addresses == ["10.89.200.2"]
+    assert leftovers(root) == []
+
+
+def test_detach_waits_for_the_kernel_to_delete_the_veth_and_deletes_a_lingering_one(env, monkeypatch):
+    manager, kernel, host, root = env
+    manager.attach("c1", "x", "bridge", {})
+    manager.attach("c2", "y", "bridge", {})
+    _pin(monkeypatch, in_use=False)
+    # the fake bridge names no host veth: give the results one, as the real plugin does
+    for cid, name in (("c1", "veth0001"), ("c2", "veth0002")):
+        path = root / "cache" / cid / "capsa.json"
+        cache = json.loads(path.read_text())
+        cache["result"]["interfaces"].insert(1, {"name": name, "mac": "02:00:00:00:00:09"})
+        path.write_text(json.dumps(cache))
+    host.links |= {"veth0001", "veth0002"}
+    reads = []
+    links = host.read_links
+
+    def dying(reads=reads):
+        reads.append(1)
+        if len(reads) == 3:
+            host.links.discard("veth0001")   # the kernel's worker got to it
+        return links()
+    host.read_links = dying
+    manager.detach("c1")
+    assert "veth0001" not in host.links and host.deleted_links == [] and len(reads) >= 3
+    manager.veth_timeout = 0.01
+    manager.detach("c2")
+    # still there after the timeout: something held the namespace; deleting one end deletes both
+    assert host.deleted_links == ["veth0002"] and leftovers(root) == []

@@ -39,6 +39,10 @@ def check_plugins(host, conflist):
 
 def _run(host, path, command, conf, env, network):
     rc, out, err = host.run_plugin(path, env, json.dumps(conf).encode())
+    return _answer(rc, out, err, path, command, conf, network)
+
+
+def _answer(rc, out, err, path, command, conf, network):
     if rc == 0:
         if command != "ADD":
             return None
@@ -62,17 +66,31 @@ def _run(host, path, command, conf, env, network):
                        field="network " + network)
 
 
-def run_add(host, conflist, container_id, netns, ifname, runtime_config=None, save=None):
-    """ADD through the chain; `save(result)` after every plugin, so a crash leaves DEL enough to undo."""
+def run_add(host, conflist, container_id, netns, ifname, runtime_config=None, save=None,
+            skip=(), prev=None):
+    """ADD through the chain; `save(result)` after every plugin, so a crash leaves DEL enough to
+    undo. Plugins whose type is in `skip` are left out; `prev` is the first plugin's prevResult."""
     paths = check_plugins(host, conflist)
     env = build_env("ADD", container_id, netns, ifname, host.plugin_dirs)
-    result = None
+    result = prev
     for path, plugin in zip(paths, conflist["plugins"]):
+        if plugin["type"] in skip:
+            continue
         conf = build_plugin_config(conflist, plugin, runtime_config, result)
         result = _run(host, path, "ADD", conf, env, conflist["name"])
         if save is not None:
             save(result)
     return result
+
+
+def start_add(host, conflist, container_id, netns, ifname):
+    """Start the ADD of a one-plugin chain (loopback); the returned function waits for it and
+    returns its result, raising NetworkError as run_add does."""
+    (path,) = check_plugins(host, conflist)
+    conf = build_plugin_config(conflist, conflist["plugins"][0])
+    env = build_env("ADD", container_id, netns, ifname, host.plugin_dirs)
+    wait = host.start_plugin(path, env, json.dumps(conf).encode())
+    return lambda: _answer(*(wait() + (path, "ADD", conf, conflist["name"])))
 
 
 def run_check(host, conflist, container_id, netns, ifname, runtime_config, result):

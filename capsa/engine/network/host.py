@@ -30,15 +30,28 @@ class HostSystem:
                            hint="apt-get install containernetworking-plugins, or set CNI_PATH")
 
     def run_plugin(self, path, env, stdin):
+        return self.start_plugin(path, env, stdin)()
+
+    def start_plugin(self, path, env, stdin):
+        """Start a plugin; the returned function waits for it -> (rc, stdout, stderr). Plugins of
+        different interfaces are independent (loopback beside the bridge chain at attach)."""
         import subprocess
         try:
-            done = subprocess.run([path], input=stdin, env=env, capture_output=True,
-                                  timeout=PLUGIN_TIMEOUT, close_fds=True)
-        except subprocess.TimeoutExpired:
-            return 124, b"", b"timed out after %d s" % PLUGIN_TIMEOUT
+            proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, close_fds=True)
         except OSError as exc:
-            return 126, b"", str(exc).encode()
-        return done.returncode, done.stdout, done.stderr
+            answer = (126, b"", str(exc).encode())
+            return lambda: answer
+
+        def wait():
+            try:
+                out, err = proc.communicate(stdin, timeout=PLUGIN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return 124, b"", b"timed out after %d s" % PLUGIN_TIMEOUT
+            return proc.returncode, out, err
+        return wait
 
     def read_routes(self):
         """IPv4 routes of the host's main table: [(subnet-text, dev)] from /proc/net/route."""
@@ -71,26 +84,71 @@ class HostSystem:
         if done.returncode != 0 and name in self.read_links():
             raise NetworkError("cannot delete link %s: %s" % (name, done.stderr.decode().strip()))
 
-    def remove_tagged_rules(self, tag):
-        """Delete the iptables rules (nat and filter) whose comment carries `tag`, and the
-        per-container chains they jump to; returns them as "table: rule" strings."""
+    def remove_rules(self, tags, addresses=()):
+        return self.start_remove_rules(tags, addresses)()
+
+    def start_remove_rules(self, tags, addresses=()):
+        """Delete the iptables rules whose comment carries one of `tags`, the per-container chains
+        they jump to, and the firewall plugin's CNI-FORWARD rules of `addresses`, with one
+        iptables-save and one iptables-restore --noflush (one iptables exec per rule: 63-76 ms
+        measured). The restore runs while the caller goes on; the returned function waits for it
+        and returns the removed lines as "table: line" strings."""
         import subprocess
-        from capsa.engine.network.rules import build_rule_deletions
-        removed = []
-        for table in ("nat", "filter"):
-            try:
-                saved = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
-            except OSError:
-                return removed
-            rules, chains = build_rule_deletions(saved.stdout, tag)
-            for args in rules:
-                done = subprocess.run(["iptables", "-w", "-t", table, "-D"] + args, capture_output=True)
+        from capsa.engine.network.rules import build_restore, build_rule_removals
+        removals = build_rule_removals(self.read_rules(), tags, addresses)
+        if not removals:
+            return lambda: []
+        try:
+            proc = subprocess.Popen(["iptables-restore", "--noflush"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    close_fds=True)
+        except OSError:
+            return lambda: []
+        # a few hundred bytes: the pipe takes them without blocking
+        proc.stdin.write(build_restore(removals).encode())
+        proc.stdin.close()
+
+        def wait():
+            if proc.wait() == 0:
+                return ["%s: %s" % r for r in removals]
+            # A table commits all its lines or none: a rule another CNI user removed between
+            # save and restore fails the whole table, so fall back to one call per line.
+            import shlex
+            removed = []
+            for table, line in removals:
+                done = subprocess.run(["iptables", "-w", "-t", table] + shlex.split(line),
+                                      capture_output=True)
                 if done.returncode == 0:
-                    removed.append("%s: %s" % (table, " ".join(args)))
-            for chain in chains:
-                subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
-                subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
-        return removed
+                    removed.append("%s: %s" % (table, line))
+            return removed
+        return wait
+
+    def read_rules(self, table=None):
+        """iptables-save text of `table` (all tables when None); "" when iptables is missing."""
+        import subprocess
+        try:
+            done = subprocess.run(["iptables-save"] + (["-t", table] if table else []),
+                                  capture_output=True, text=True)
+        except OSError:
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    def add_firewall_rules(self, addresses):
+        """The firewall plugin's ADD (iptables backend) once its chains exist: its two CNI-FORWARD
+        rules per address with one iptables-save and one iptables-restore (~4 ms; the plugin's
+        own execs take 15-20 ms). False when the chains or jumps are missing or the restore
+        fails: the plugin must run."""
+        import subprocess
+        from capsa.engine.network.rules import build_firewall_adds, build_restore
+        adds = build_firewall_adds(self.read_rules("filter"), addresses)
+        if adds is None:
+            return False
+        if not adds:
+            return True
+        done = subprocess.run(["iptables-restore", "--noflush"],
+                              input=build_restore([("filter", line) for line in adds]),
+                              capture_output=True, text=True)
+        return done.returncode == 0
 
     def read_text(self, path):
         try:

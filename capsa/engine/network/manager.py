@@ -15,7 +15,8 @@ from capsa.engine.network.conflist import (
 from capsa.engine.network.etcfiles import (
     apply_write_in_place, build_host_mode_hosts, build_hosts, build_resolv, check_dns_servers,
     parse_add_host)
-from capsa.engine.network.netns import apply_create_netns, apply_remove_netns, read_pinned
+from capsa.engine.network.netns import (
+    apply_create_netns, apply_remove_netns, read_in_use, read_pinned)
 from capsa.engine.network.rules import build_tag
 from capsa.engine.network.ports import build_port_mappings, clash
 from capsa.engine.network.store import (
@@ -71,6 +72,41 @@ def _drop_idle_plugins(network):
         network["conflist"] = conflist
 
 
+def _addresses(result):
+    """IPv4 addresses (without prefix) of a CNI result."""
+    found = []
+    for entry in (result or {}).get("ips") or []:
+        address = entry.get("address", "").partition("/")[0]
+        if address and ":" not in address:
+            found.append(address)
+    return found
+
+
+def _firewall_rules(conflist):
+    """Does the chain hold the firewall plugin with its iptables backend? Its DEL is `iptables -D`
+    of two CNI-FORWARD rules per address (20-45 ms of execs); capsa's one restore removes the
+    same lines instead (rules.build_rule_removals)."""
+    return any(p["type"] == "firewall" and p.get("backend", "iptables") == "iptables"
+               for p in conflist["plugins"])
+
+
+def _sweep_of(cid, cached):
+    """(tags, addresses) of a container's iptables rules on the cached networks: the bridge
+    plugin's masquerade rules (left when DEL runs without a namespace) and the firewall's."""
+    tags, addresses = [], []
+    for conflist, _, result in cached:
+        tags.append(build_tag(conflist["name"], cid))
+        if _firewall_rules(conflist):
+            addresses.extend(_addresses(result))
+    return tags, addresses
+
+
+def _quiet_del(cached):
+    """Do the DELs left to run (no namespace, firewall swept) keep off iptables? portmap's does not."""
+    return all(p["type"] in ("bridge", "macvlan", "tuning", "firewall")
+               for conflist, _, _ in cached for p in conflist["plugins"])
+
+
 def _on_user_network(record):
     """Peers are listed in hosts files only on user networks (docs/network.md, Known limits):
     a container on the default network alone changes no other container's hosts file."""
@@ -79,6 +115,8 @@ def _on_user_network(record):
 
 class NetworkManager:
     """Every public method takes the state folder's lock; `_` methods expect it held."""
+
+    veth_timeout = 2.0
 
     def __init__(self, state_root=DEFAULT_ROOT, kernel=None, host=None, default_subnet=None):
         if kernel is None:
@@ -367,9 +405,22 @@ class NetworkManager:
             record["netns"] = self.store.netns_path(cid)
             self._save(record)
             apply_create_netns(self.kernel, record["netns"])
-            cni.run_add(self.host, _LOOPBACK, cid, record["netns"], "lo")
-        for network in record["networks"]:
-            self._add_network(record, network)
+            # lo and the bridge chain's eth0 are independent: loopback (~5 ms) runs beside it
+            loopback = cni.start_add(self.host, _LOOPBACK, cid, record["netns"], "lo")
+        else:
+            loopback = None
+        try:
+            for network in record["networks"]:
+                self._add_network(record, network)
+        except BaseException:
+            if loopback is not None:
+                try:
+                    loopback()
+                except CapsaError:
+                    pass
+            raise
+        if loopback is not None:
+            loopback()
         record["status"] = "attached"
         records[cid] = record
         self._write_files(record, records)
@@ -387,8 +438,17 @@ class NetworkManager:
                                "networkName": network["name"], "config": network["conflist"],
                                "runtimeConfig": network["runtime"], "netns": record["netns"],
                                "result": result})
-        result = cni.run_add(self.host, network["conflist"], cid, record["netns"], network["ifname"],
-                             network["runtime"], save)
+        conflist = network["conflist"]
+        # once its chains exist, the firewall plugin's ADD is two appended rules: capsa's restore
+        firewall = _firewall_rules(conflist) and \
+            not any(p.get("iptablesAdminChainName") for p in conflist["plugins"])
+        skip = ("firewall",) if firewall else ()
+        result = cni.run_add(self.host, conflist, cid, record["netns"], network["ifname"],
+                             network["runtime"], save, skip)
+        if firewall and not self.host.add_firewall_rules(_addresses(result)):
+            only = dict(conflist, plugins=[p for p in conflist["plugins"] if p["type"] == "firewall"])
+            result = cni.run_add(self.host, only, cid, record["netns"], network["ifname"],
+                                 network["runtime"], save, prev=result)
         ip, prefix, gateway, mac = cni.read_interface(result or {}, network["ifname"])
         record["interfaces"].append({"network": network["name"], "ifname": network["ifname"],
                                      "ip": ip, "prefix": prefix, "gateway": gateway, "mac": mac})
@@ -465,27 +525,66 @@ class NetworkManager:
             if _on_user_network(record):
                 self._refresh_hosts(self._records())
 
-    def _del_network(self, cid, network, netns):
+    def _cached(self, cid, network):
+        """(conflist, runtimeConfig, result) for DEL: the CNI cache of the chain ADD ran, else
+        the record's conflist without a result (no plugin answered)."""
         cache = read_json(self.store.cache_path(cid, network["name"]))
         if cache is not None:
-            conflist, runtime, result = cache["config"], cache["runtimeConfig"], cache["result"]
-        else:
-            conflist, runtime, result = network["conflist"], network["runtime"], None
-        skip = ()
+            return cache["config"], cache["runtimeConfig"], cache["result"]
+        return network["conflist"], network["runtime"], None
+
+    def _del_network(self, cid, network, netns, cached):
+        """DEL one network; its iptables rules are the caller's (_sweep_of, then remove_rules)."""
+        conflist, runtime, result = cached
+        skip = []
         main = conflist["plugins"][0]
         if main["type"] == "macvlan" and main.get("master") not in self.host.read_links():
             # macvlan <= 1.1 reads the parent's MTU even for DEL and fails once the parent is gone;
             # the macvlan link died with its parent, and the lease is released below.
-            skip = ("macvlan",)
+            skip.append("macvlan")
+        if _firewall_rules(conflist):
+            skip.append("firewall")
         try:
             cni.run_del(self.host, conflist, cid, netns, network["ifname"], runtime, result, skip)
         finally:
             # host-local keeps one file per lease; DEL may not have reached it (plugin missing).
             self._release_leases(cid, network["name"])
-            if not netns:
-                # bridge DEL tears masquerade down only from inside a living namespace
-                self.host.remove_tagged_rules(build_tag(conflist["name"], cid))
+
+    def _del_and_sweep(self, cid, network, netns):
+        cached = self._cached(cid, network)
+        try:
+            self._del_network(cid, network, netns, cached)
+        finally:
+            self.host.remove_rules(*_sweep_of(cid, [cached]))
         remove_file(self.store.cache_path(cid, network["name"]))
+
+    def _host_veths(self, cid, record, cached):
+        """Host ends of the veth pairs bridge ADD made, from the cached results."""
+        names = []
+        for conflist, _, result in cached:
+            main = conflist["plugins"][0]
+            if main["type"] != "bridge":
+                continue
+            for iface in (result or {}).get("interfaces") or []:
+                if not iface.get("sandbox") and iface.get("name") not in (None, main.get("bridge")):
+                    names.append(iface["name"])
+        return names
+
+    def _await_gone(self, links):
+        """The kernel deletes an unpinned namespace's veths in a worker, 16-33 ms later (measured):
+        wait, so nothing of the container is on the bridge when detach returns; delete what is
+        still there after `veth_timeout` s (a holder read_in_use missed keeps the namespace alive)."""
+        import time
+        deadline = time.monotonic() + self.veth_timeout
+        left = set(links) & self.host.read_links()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.001)
+            left &= self.host.read_links()
+        for name in sorted(left):
+            try:
+                self.host.delete_link(name)
+            except CapsaError:
+                pass
 
     def _release_leases(self, cid, network, keep=None):
         folder = os.path.join(self.store.ipam, network)
@@ -513,28 +612,55 @@ class NetworkManager:
         if record is None:
             return
         netns = record.get("netns")
+        networks = list(reversed(record.get("networks", [])))
+        cached = [self._cached(cid, network) for network in networks]
+        sweep = _sweep_of(cid, cached)
+        veths, pending = [], None
         if record.get("owns_netns"):
-            live_netns = netns if netns and read_pinned(netns) else ""
+            pinned = bool(netns) and read_pinned(netns)
+            if pinned and not read_in_use(netns):
+                # Unpinned first, the namespace dies and the kernel deletes its veth pairs in a
+                # worker; DEL without a namespace is then a lease release (bridge DEL inside it:
+                # 60-100 ms, synchronous link deletion and one iptables exec per masquerade rule).
+                veths = self._host_veths(cid, record, cached)
+                apply_remove_netns(self.kernel, netns)
+                pinned = False
+                if _quiet_del(cached):
+                    # no DEL left touches iptables: the restore runs beside the plugins
+                    pending = self.host.start_remove_rules(*sweep)
+            live_netns = netns if pinned else ""
         else:
             live_netns = netns if netns and os.path.exists(netns) else ""
         errors = []
         remaining = []
-        for network in reversed(record.get("networks", [])):
-            try:
-                self._del_network(cid, network, live_netns)
-            except CapsaError as exc:
-                errors.append(exc)
-                remaining.insert(0, network)
+        try:
+            for network, cache in zip(networks, cached):
+                try:
+                    self._del_network(cid, network, live_netns, cache)
+                except CapsaError as exc:
+                    errors.append(exc)
+                    remaining.insert(0, network)
+        finally:
+            # after DEL: inside a living namespace the bridge plugin removes its own rules first
+            if pending is not None:
+                pending()
+            else:
+                self.host.remove_rules(*sweep)
         if record.get("owns_netns") and netns:
             apply_remove_netns(self.kernel, netns)
         if record.get("owns_files") and record.get("files"):
             remove_tree(record["files"])
         if errors:
+            for network in networks:
+                if network not in remaining:
+                    remove_file(self.store.cache_path(cid, network["name"]))
             record.update(status="detach-failed", networks=remaining, owner=None)
             self._save(record)
+            self._await_gone(veths)
             raise errors[0]
         remove_tree(os.path.join(self.store.cache, cid))
         remove_file(self.store.record_path(cid))
+        self._await_gone(veths)
 
     def connect(self, container_id, network, aliases=None, ip=None):
         """Add an interface on `network` to an attached container (docker network connect)."""
@@ -571,7 +697,7 @@ class NetworkManager:
         except BaseException:
             record["networks"].remove(network)
             try:
-                self._del_network(record["id"], network, record["netns"])
+                self._del_and_sweep(record["id"], network, record["netns"])
             finally:
                 self._save(record)
             raise
@@ -591,7 +717,7 @@ class NetworkManager:
         if not found:
             raise NetworkError("container %s is not on network %r" % (record["name"], name),
                                field="network")
-        self._del_network(record["id"], found[0], record["netns"])
+        self._del_and_sweep(record["id"], found[0], record["netns"])
         record["networks"].remove(found[0])
         record["interfaces"] = [i for i in record["interfaces"] if i["network"] != name]
         if found[0]["runtime"].get("portMappings"):
@@ -651,13 +777,14 @@ class NetworkManager:
                 continue
             for entry in _listdir(os.path.join(self.store.cache, cid)):
                 cache = read_json(os.path.join(self.store.cache, cid, entry))
-                if cache and cache.get("config"):
+                if entry.endswith(".json") and cache and cache.get("config"):
+                    network = {"name": entry[:-len(".json")],
+                               "ifname": cache["ifName"], "conflist": cache["config"],
+                               "runtime": cache.get("runtimeConfig") or {}}
                     try:
-                        cni.run_del(self.host, cache["config"], cid, "", cache["ifName"],
-                                    cache.get("runtimeConfig"), cache.get("result"))
+                        self._del_and_sweep(cid, network, "")
                     except CapsaError as exc:
                         failures.append(exc)
-                    self.host.remove_tagged_rules(build_tag(cache["config"]["name"], cid))
             remove_tree(os.path.join(self.store.cache, cid))
             removed.append("cache " + cid)
         for cid in _listdir(self.store.files):

@@ -57,6 +57,26 @@ def read_pinned(path):
         return False
 
 
+def read_in_use(path):
+    """Does a process still live in the namespace pinned at `path`? Unpinning an unused namespace
+    lets the kernel delete it, veth pairs included; a used one would keep its veth on the bridge.
+    Scans /proc/PID/ns/net (~1 ms for 100 processes); an fd or socket held on the namespace from
+    outside is not seen."""
+    try:
+        pin = os.stat(path)
+    except OSError:
+        return False
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ns = os.stat("/proc/" + entry + "/ns/net")
+            except OSError:
+                continue
+            if ns.st_ino == pin.st_ino and ns.st_dev == pin.st_dev:
+                return True
+    return False
+
+
 def _unlink(path):
     try:
         os.unlink(path)

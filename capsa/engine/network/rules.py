@@ -1,15 +1,18 @@
-"""iptables rules the CNI plugins tagged with one container: finding them in iptables-save text.
+"""iptables rules the CNI plugins made for one container: found in iptables-save text and turned
+into one iptables-restore --noflush script (or, as a fallback, one iptables call per line).
 
-The bridge plugin removes its masquerade rules only while the container's namespace still exists
-(it reads the addresses from the interface); after a reboot or a lost namespace they stay. Every
-such rule carries the comment `name: "NET" id: "ID"` (plugins' utils.FormatComment), so capsa can
-remove exactly what belongs to one container. Pure: text in, argument lists out.
+The bridge plugin tags its masquerade rules with the comment `name: "NET" id: "ID"`
+(plugins' utils.FormatComment); the firewall plugin's two CNI-FORWARD rules carry no comment and
+are matched by the container's address. Pure: text in, text and argument lists out.
 """
 
 # Chains the plugins share between all containers: never flushed or deleted by capsa.
 SHARED_CHAINS = frozenset(("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK",
                            "CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-SNAT"))
 _HEX = frozenset("0123456789abcdef")
+# firewall plugin (iptables backend) getPrivChainRules, as iptables-save prints them
+_FIREWALL_RULES = ("-A CNI-FORWARD -d %s/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                   "-A CNI-FORWARD -s %s/32 -j ACCEPT")
 
 
 def build_tag(network, container_id):
@@ -27,9 +30,52 @@ def _per_container_chain(name):
     return len(rest) >= 16 and set(rest) <= _HEX
 
 
+def _jump_target(line):
+    words = line.split()
+    if "-j" in words[:-1]:
+        return words[words.index("-j") + 1]
+    return None
+
+
+def build_rule_removals(save_text, tags, addresses=()):
+    """-> [(table, restore line)]: `-D` of every rule carrying one of `tags` and of the firewall
+    plugin's rules for `addresses` (IPv4 texts), then `-F`/`-X` of the per-container chains the
+    tagged rules jump to. Lines keep iptables-save's quoting, so they are valid restore input."""
+    firewall = set(rule % address for address in addresses for rule in _FIREWALL_RULES)
+    removals, chains = [], []
+    table = None
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            continue
+        if not line.startswith("-A "):
+            continue
+        tagged = any(tag in line for tag in tags)
+        if tagged or (table == "filter" and line in firewall):
+            removals.append((table, "-D " + line[3:]))
+        if tagged:
+            target = _jump_target(line)
+            if target and _per_container_chain(target) and (table, target) not in chains:
+                chains.append((table, target))
+    for table, chain in chains:
+        removals.append((table, "-F " + chain))
+        removals.append((table, "-X " + chain))
+    return removals
+
+
+def build_restore(removals):
+    """iptables-restore input for build_rule_removals' list: one COMMIT per table (atomic)."""
+    text = []
+    for table in sorted(set(t for t, _ in removals)):
+        text.append("*" + table)
+        text.extend(line for t, line in removals if t == table)
+        text.append("COMMIT")
+    return "\n".join(text) + "\n" if text else ""
+
+
 def build_rule_deletions(save_text, tag):
-    """-> (rules, chains): each rule as the iptables arguments after `-D`, and the per-container
-    chains those rules jump to (to flush and delete afterwards)."""
+    """-> (rules, chains) for one table's save text: each tagged rule as the iptables arguments
+    after `-D`, and the per-container chains those rules jump to (to flush and delete after)."""
     import shlex
     rules, chains = [], []
     for line in save_text.splitlines():
@@ -37,8 +83,26 @@ def build_rule_deletions(save_text, tag):
             continue
         args = shlex.split(line)[1:]
         rules.append(args)
-        if "-j" in args[:-1]:
-            target = args[args.index("-j") + 1]
-            if _per_container_chain(target) and target not in chains:
-                chains.append(target)
+        target = _jump_target(line)
+        if target and _per_container_chain(target) and target not in chains:
+            chains.append(target)
     return rules, chains
+
+
+# firewall plugin setupChains: the jumps that make its CNI-FORWARD rules take effect
+_FIREWALL_JUMPS = ('-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD',
+                   '-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" '
+                   '-j CNI-ADMIN')
+
+
+def build_firewall_adds(filter_save_text, addresses):
+    """The restore lines that append the firewall plugin's ADD rules for `addresses`, when its
+    chains and jumps exist already (they stay once made); None when they do not, so the plugin
+    itself must run. Rules present already are not appended twice (the plugin's AppendUnique)."""
+    lines = set(filter_save_text.splitlines())
+    # iptables-save prints a user chain as ":NAME - [packets:bytes]"
+    if not any(l.startswith(":CNI-ADMIN ") for l in lines) or \
+            not all(j in lines for j in _FIREWALL_JUMPS):
+        return None
+    return [rule % address for address in addresses for rule in _FIREWALL_RULES
+            if rule % address not in lines]
