@@ -7,13 +7,15 @@ Imports nothing heavy at module level.
 
 
 class _Context:
-    __slots__ = ("root", "systemd_cgroup", "debug", "warnings")
+    __slots__ = ("root", "systemd_cgroup", "debug", "warnings", "rootless")
 
-    def __init__(self, root, systemd_cgroup=False):
+    def __init__(self, root, systemd_cgroup=False, rootless="auto"):
         self.root = root
         self.systemd_cgroup = systemd_cgroup
         self.debug = False
         self.warnings = []
+        # as the command line's default: an unprivileged caller, or one in a user namespace
+        self.rootless = rootless
 
     def log(self, level, message):
         if level != "debug":

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from capsa.errors import CapsaError, ContainerError, StateError
+from capsa.errors import CapsaError, ContainerError, KernelError, StateError
 from capsa.runtime import state as states
 from capsa.runtime import sync
 
@@ -149,7 +149,7 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
             made_cgroup = True
         except CapsaError as err:
             # runc's --rootless: cgroups the caller may not create are left out, not fatal
-            if not _ignore_cgroup_error(ctx, err):
+            if not _ignore_cgroup_error(ctx, err, plan["cgroup"]):
                 raise
             plan["cgroup"] = record["cgroup"] = {"paths": {}, "writes": []}
             apply_cgroup_join = _no_join
@@ -201,11 +201,22 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         reap_warmups()
 
 
-def _ignore_cgroup_error(ctx, err):
+def _ignore_cgroup_error(ctx, err, plan=None):
+    """runc's --rootless: cgroups the caller may not make are skipped; "auto" means an
+    unprivileged caller or one inside a user namespace. Limits the spec asks for are never
+    dropped silently: they make the error stand, with the reason."""
     rootless = getattr(ctx, "rootless", "false")
     if rootless == "auto":
-        rootless = "true" if os.geteuid() != 0 else "false"
-    return rootless == "true" and getattr(err, "errno", 0) in (1, 13, 30)  # EPERM EACCES EROFS
+        from capsa.runtime.plan import read_in_userns
+        rootless = "true" if os.geteuid() != 0 or read_in_userns() else "false"
+    if rootless != "true" or getattr(err, "errno", 0) not in (1, 13, 30):  # EPERM EACCES EROFS
+        return False
+    if plan and plan.get("writes"):
+        raise KernelError("linux.resources asks for limits, and this rootless caller may not "
+                          "make cgroups (%s)" % err.message, errno=err.errno,
+                          field="linux.resources",
+                          hint="drop the limits, or run where cgroups are delegated to you")
+    return True
 
 
 def _no_join(kernel, plan, pid):
@@ -473,8 +484,7 @@ def _init_main(kernel, plan, sock, fifo_dir, prepared=None):
         executable = process.find_executable(proc["args"][0], proc["env"])
         process.check_interpreters(kernel, executable)
     security.apply_before_identity(kernel, plan["security"])
-    identity.apply_identity(kernel, proc, setgroups_allowed=(plan["userns"] or {}).get(
-        "writer") != "self")
+    identity.apply_identity(kernel, proc, setgroups_allowed=plan.get("setgroups", True))
 
     def send_fd(fd, listener_path=None, metadata=""):
         sync.send(sock, "seccomp-fd", {"listener_path": listener_path, "metadata": metadata}, [fd])

@@ -23,7 +23,29 @@ def read_facts(systemd_cgroup=False):
     if systemd_cgroup and layout["systemd_running"]:
         layout["systemd"] = read_systemd_facts()
     return {"cgroup_layout": layout, "security": read_security_facts(),
-            "systemd_cgroup": systemd_cgroup, "euid": os.geteuid(), "egid": os.getegid()}
+            "systemd_cgroup": systemd_cgroup, "euid": os.geteuid(), "egid": os.getegid(),
+            "in_userns": read_in_userns(), "setgroups": read_setgroups_allowed()}
+
+
+def read_setgroups_allowed():
+    """False when this process's user namespace denies setgroups(2) for good (`unshare -Ur`
+    and any unprivileged one-id map do): a container that stays in it cannot call it either."""
+    try:
+        with open("/proc/self/setgroups", "rb") as handle:
+            return handle.read().strip() != b"deny"
+    except OSError:
+        return True
+
+
+def read_in_userns():
+    """Whether this process already runs in a user namespace other than the host's (rootless
+    podman, `unshare -Ur`, a rootless engine): there mknod is refused whatever the caps."""
+    try:
+        with open("/proc/self/uid_map", "rb") as handle:
+            words = handle.read().split()
+    except OSError:
+        return False
+    return words != [b"0", b"0", b"4294967295"]
 
 
 def _mounts_cgroupfs(spec):
@@ -86,7 +108,9 @@ def build_plan(spec, bundle, container_id, facts, options):
     cgroup = build_cgroup_plan(linux, container_id, facts["cgroup_layout"],
                                facts.get("systemd_cgroup", False))
     facts = dict(facts)
-    facts.update(userns="user" in new or "user" in join, no_pivot=bool(options.get("no_pivot")),
+    # device nodes are bind-mounted, not made, in any user namespace (runc's rule)
+    facts.update(userns="user" in new or "user" in join or bool(facts.get("in_userns")),
+                 no_pivot=bool(options.get("no_pivot")),
                  terminal=process["terminal"], cgroup_paths=cgroup.get("paths", {}))
     rootfs = build_rootfs_plan(spec, bundle, facts)
     security = build_security_plan(spec, facts["security"])
@@ -101,6 +125,9 @@ def build_plan(spec, bundle, container_id, facts, options):
         "oci_version": version,
         "namespaces": {"new": new, "join": join},
         "userns": userns,
+        # a new namespace mapped by the caller alone denies setgroups; so does one inherited
+        # (and a child of a "deny" namespace inherits the deny, user_namespaces(7))
+        "setgroups": (userns or {}).get("writer") != "self" and facts.get("setgroups", True),
         "needs_fork": needs_fork,
         # the cgroupfs mount needs the container's cgroup (namespace) before the rootfs; under
         # --systemd-cgroup its folders exist only once systemd has made the unit

@@ -177,3 +177,33 @@ def test_a_range_the_user_does_not_own_is_one_clear_line(user):
     assert result.stderr.count("\n") == 1 and "linux.uidMappings" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert os.listdir(os.path.join(user["work"], "capsa")) == []
+
+
+def test_inside_a_user_namespace_already_as_under_unshare_ur(user):
+    """A runtime started inside a user namespace (rootless podman's, `unshare -Ur`): root there
+    but no mknod and no cgroups; --rootless auto sees it, as runc's does."""
+    def inside(spec):
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                       if ns["type"] != "user"]
+        spec["linux"].pop("uidMappings", None)
+        spec["linux"].pop("gidMappings", None)
+    script = "id -u; ls -l /dev/null | cut -c1; cat /proc/self/uid_map"
+    seen = {}
+    for name, runtime in _runtimes(user).items():
+        bundle = _bundle(user, "inns-" + name, ["sh", "-c", script], mutate=inside)
+        result = _as_user(user, ["unshare", "-Ur"] + runtime + ["run", "--bundle", bundle, "n1"])
+        assert result.returncode == 0, "%s: %s" % (name, result.stderr)
+        seen[name] = result.stdout.split()
+    assert seen["capsa"] == seen["runc"]
+    assert seen["capsa"][:2] == ["0", "c"]            # a real char device node (bind-mounted)
+    assert seen["capsa"][2:5] == ["0", str(user["uid"]), "1"]
+
+    def limited(spec):
+        inside(spec)
+        spec["linux"]["resources"] = {"pids": {"limit": 10}}
+    bundle = _bundle(user, "inns-limits", ["true"], mutate=limited)
+    result = _as_user(user, ["unshare", "-Ur"] + _runtimes(user)["capsa"] +
+                      ["run", "--bundle", bundle, "n2"])
+    # limits are never dropped silently
+    assert result.returncode != 0 and "linux.resources" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1

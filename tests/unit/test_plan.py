@@ -118,3 +118,30 @@ def test_command_line_options_reach_the_plan():
                           "no_pivot": True})
     assert plan["preserve_fds"] == 2 and plan["new_keyring"] is False
     assert plan["pidfd_socket"] == "/p.sock" and plan["rootfs"]["no_pivot"] is True
+
+
+def test_inside_a_user_namespace_devices_are_bound_and_setgroups_follows_the_host():
+    spec = build_default_spec(["sh"], terminal=False)
+    plain = build_plan(spec, "/b", "c1", FACTS, {})
+    inside = build_plan(spec, "/b", "c1", dict(FACTS, in_userns=True, setgroups=False), {})
+    devices = [step for step in inside["rootfs"]["steps"] if step["op"] == "device"]
+    assert devices and all(step["bind"] for step in devices)
+    assert not any(step["bind"] for step in plain["rootfs"]["steps"] if step["op"] == "device")
+    assert plain["setgroups"] is True and inside["setgroups"] is False
+
+
+def test_rootless_cgroup_errors_are_skipped_but_limits_are_never_dropped():
+    from capsa.errors import KernelError
+    from capsa.runtime.launch import _ignore_cgroup_error
+
+    class Ctx:
+        rootless = "true"
+    denied = KernelError("mkdir /sys/fs/cgroup/pids/x: Permission denied", errno=13)
+    assert _ignore_cgroup_error(Ctx(), denied, {"writes": []}) is True
+    with pytest.raises(KernelError) as info:
+        _ignore_cgroup_error(Ctx(), denied, {"writes": [["/x", "pids.max", "10"]]})
+    assert info.value.field == "linux.resources"
+    Ctx.rootless = "false"
+    assert _ignore_cgroup_error(Ctx(), denied, {"writes": []}) is False
+    Ctx.rootless = "true"
+    assert _ignore_cgroup_error(Ctx(), KernelError("busy", errno=16), {"writes": []}) is False
