@@ -298,8 +298,9 @@ class Crashing(HostSystem):
             os.kill(os.getpid(), 9)
         return HostSystem.run_plugin(self, path, env, stdin)
 
-    def add_firewall_rules(self, addresses):
-        # the firewall's ADD once its chains exist (capsa's restore instead of the plugin)
+    def add_container_rules(self, network, container_id, masquerade=(), firewall=()):
+        # after the bridge plugin, capsa's restore writes its masquerade and firewall rules
+        HostSystem.add_container_rules(self, network, container_id, masquerade, ())
         os.kill(os.getpid(), 9)
 
 NetworkManager(sys.argv[2], host=Crashing()).attach(sys.argv[3], "victim", "itcrash",
@@ -495,3 +496,34 @@ def test_rule_sweep_falls_back_to_one_call_per_rule_when_the_restore_fails(net):
                 if cid in l or net.ips[0] + "/32" in l]
     manager.detach(cid)
     assert net.leftovers(with_bridges=False) == []
+
+
+def test_capsa_writes_the_masquerade_rules_the_bridge_plugin_writes(net, tmp_path):
+    """capsa runs bridge ADD with ipMasq false and restores the plugin's rules itself: the same
+    lines, so the plugin's DEL inside a living namespace (and capsa's sweep) remove them."""
+    from capsa.engine.network import cni
+    from capsa.engine.network.netns import apply_create_netns, apply_remove_netns
+    from capsa.syscalls.kernel import Kernel
+    net.create("itmasq", subnet="10.89.160.0/24")
+    cid = net.cid()
+    conflist = json.load(open(os.path.join(net.root, "networks", "itmasq.conflist")))
+    bridge = dict(conflist, plugins=[conflist["plugins"][0]])
+    assert bridge["plugins"][0]["ipMasq"] is True
+    kernel, host, pin = Kernel(), HostSystem(), str(tmp_path / "pluginns")
+
+    def tagged(ip):
+        return sorted(l.replace(ip + "/", "IP/") for l in sh("iptables-save", "-t", "nat").stdout
+                      .splitlines() if cid in l)
+    apply_create_netns(kernel, pin)
+    try:
+        result = cni.run_add(host, bridge, cid, pin, "eth0")
+        net.ips.append(result["ips"][0]["address"].split("/")[0])
+        by_plugin = tagged(net.ips[-1])
+    finally:
+        cni.run_del(host, bridge, cid, pin, "eth0")
+        apply_remove_netns(kernel, pin)
+    assert tagged(net.ips[-1]) == []
+    view = net.manager.attach(cid, cid, "itmasq", {})
+    net.ips.append(view["interfaces"][0]["ip"])
+    assert len(by_plugin) == 3 and tagged(net.ips[-1]) == by_plugin
+    net.manager.detach(cid)

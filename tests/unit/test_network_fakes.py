@@ -31,7 +31,8 @@ class FakeHost:
         self.rule_sweeps = []    # tags passed to remove_tagged_rules / remove_rules
         self.rule_addresses = []  # firewall addresses passed to remove_rules
         self.firewall_chains = False  # made by the first firewall ADD, as on a real host
-        self.firewall_adds = []   # addresses whose rules add_firewall_rules appended
+        self.firewall_adds = []   # addresses whose firewall rules add_container_rules added
+        self.masquerades = []     # "IP/PREFIX" whose masquerade rules add_container_rules added
 
     def find_plugin(self, name):
         if name not in self.installed:
@@ -134,10 +135,11 @@ class FakeHost:
         removed = self.remove_rules(tags, addresses)
         return lambda: removed
 
-    def add_firewall_rules(self, addresses):
+    def add_container_rules(self, network, container_id, masquerade=(), firewall=()):
+        self.masquerades.extend(masquerade)
         if self.firewall_chains:
-            self.firewall_adds.extend(addresses)
-        return self.firewall_chains
+            self.firewall_adds.extend(firewall)
+        return self.firewall_chains or not firewall
 
     def read_text(self, path):
         return self.texts.get(path, "")

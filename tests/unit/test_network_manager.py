@@ -536,3 +536,16 @@ def test_detach_waits_for_the_kernel_to_delete_the_veth_and_deletes_a_lingering_
     manager.detach("c2")
     # still there after the timeout: something held the namespace; deleting one end deletes both
     assert host.deleted_links == ["veth0002"] and leftovers(root) == []
+
+
+def test_bridge_masquerade_is_capsas_restore_while_the_cache_keeps_the_plugins_config(env):
+    manager, kernel, host, root = env
+    manager.attach("c1", "x", "bridge", {})
+    bridge = [c[4] for c in host.calls if c[:2] == ("bridge", "ADD")][0]
+    assert bridge["ipMasq"] is False and host.masquerades == ["10.89.200.2/24"]
+    # DEL inside a living namespace runs the plugin with ipMasq true: it removes those rules
+    cache = json.loads((root / "cache" / "c1" / "capsa.json").read_text())
+    assert cache["config"]["plugins"][0]["ipMasq"] is True
+    manager.create("in", subnet="10.89.31.0/24", internal=True)
+    manager.attach("c2", "y", "in", {})
+    assert host.masquerades == ["10.89.200.2/24"]

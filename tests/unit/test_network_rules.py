@@ -73,3 +73,28 @@ def test_firewall_adds_only_once_its_chains_and_jumps_exist():
     no_admin = _SAVE.replace(":CNI-ADMIN - [0:0]\n", "")
     assert build_firewall_adds(no_admin, ["10.89.248.7"]) is None
     assert build_firewall_adds("", ["10.89.248.7"]) is None
+
+
+def test_container_rules_are_the_bridge_plugins_masquerade_in_save_form():
+    from capsa.engine.network.rules import build_chain_name, build_container_rules
+    # the chain name the bridge plugin 1.1.1 gave container c1 on network capsa (iptables-save)
+    assert build_chain_name("capsa", "c1abc") == "CNI-57530a42546b7072bdca7847"
+    adds, ready = build_container_rules("", "capsa", "c1abc", ["10.89.248.5/24"])
+    comment = '-m comment --comment "name: \\"capsa\\" id: \\"c1abc\\""'
+    assert ready and adds == [
+        ("nat", ":CNI-57530a42546b7072bdca7847 - [0:0]"),
+        ("nat", "-A CNI-57530a42546b7072bdca7847 -d 10.89.248.0/24 %s -j ACCEPT" % comment),
+        ("nat", "-A CNI-57530a42546b7072bdca7847 ! -d 224.0.0.0/4 %s -j MASQUERADE" % comment),
+        ("nat", "-A POSTROUTING -s 10.89.248.5/32 %s -j CNI-57530a42546b7072bdca7847" % comment)]
+    # what exists is not added again; the firewall part waits for its chains
+    save = "*nat\n:CNI-57530a42546b7072bdca7847 - [0:0]\n" + adds[3][1] + "\nCOMMIT\n"
+    again, ready = build_container_rules(save, "capsa", "c1abc", ["10.89.248.5/24"], ["10.89.248.5"])
+    assert again == adds[1:3] and ready is False
+
+
+def test_container_rules_add_the_firewall_rules_once_its_chains_exist():
+    from capsa.engine.network.rules import build_container_rules
+    adds, ready = build_container_rules(_SAVE, "capsa", "c7", (), ["10.89.248.7", "10.89.248.5"])
+    assert ready and adds == [
+        ("filter", "-A CNI-FORWARD -d 10.89.248.7/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        ("filter", "-A CNI-FORWARD -s 10.89.248.7/32 -j ACCEPT")]

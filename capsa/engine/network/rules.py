@@ -106,3 +106,52 @@ def build_firewall_adds(filter_save_text, addresses):
         return None
     return [rule % address for address in addresses for rule in _FIREWALL_RULES
             if rule % address not in lines]
+
+
+def build_chain_name(network, container_id):
+    """utils.FormatChainName of the plugins: "CNI-" and sha512(name + id) in hex, 28 characters."""
+    try:
+        from _sha512 import sha512  # builtin; hashlib loads OpenSSL (3 ms)
+    except ImportError:
+        from hashlib import sha512
+    return ("CNI-" + sha512((network + container_id).encode()).hexdigest())[:28]
+
+
+def _subnet(address):
+    ip, _, prefix = address.partition("/")
+    value = 0
+    for part in ip.split("."):
+        value = value * 256 + int(part)
+    bits = int(prefix or 32)
+    value &= (0xffffffff << (32 - bits)) & 0xffffffff
+    return "%s/%d" % (".".join(str(value >> shift & 255) for shift in (24, 16, 8, 0)), bits)
+
+
+def build_container_rules(save_text, network, container_id, masquerade=(), firewall=()):
+    """-> ([(table, restore line)], firewall_ready): the bridge plugin's ipMasq rules
+    (ip.SetupIPMasq) for `masquerade` ("IP/PREFIX" texts), and the firewall plugin's ADD rules
+    for `firewall` (IPv4 texts) when its chains exist (firewall_ready; else its plugin must run).
+    Lines are in iptables-save's form, so rules present already are not added twice (the
+    plugins' AppendUnique)."""
+    lines = set(save_text.splitlines())
+    adds = []
+    if masquerade:
+        chain = build_chain_name(network, container_id)
+        comment = '-m comment --comment "%s"' % build_tag(network, container_id)
+        if not any(l.startswith(":%s " % chain) for l in lines):
+            adds.append(("nat", ":%s - [0:0]" % chain))
+        for address in masquerade:
+            adds.extend(("nat", rule) for rule in (
+                "-A %s -d %s %s -j ACCEPT" % (chain, _subnet(address), comment),
+                "-A %s ! -d 224.0.0.0/4 %s -j MASQUERADE" % (chain, comment),
+                "-A POSTROUTING -s %s/32 %s -j %s" % (address.partition("/")[0], comment, chain)))
+    ready = True
+    if firewall:
+        wanted = build_firewall_adds(save_text, firewall)
+        ready = wanted is not None
+        adds.extend(("filter", rule) for rule in wanted or ())
+    unique = []
+    for add in adds:
+        if add[1] not in lines and add not in unique:
+            unique.append(add)
+    return unique, ready
