@@ -4,9 +4,8 @@ Owns the plugin's stdin (network config + runtimeConfig + prevResult), its envir
 parsing of its answer. Plugins run through `host.run_plugin`, so tests drive it with a fake host.
 Must not import capsa.syscalls; reads and writes no files itself.
 """
-import json
-
 from capsa.errors import NetworkError
+from capsa.jsonlite import dumps, loads
 
 
 def build_plugin_config(conflist, plugin, runtime_config=None, prev_result=None):
@@ -38,7 +37,7 @@ def check_plugins(host, conflist):
 
 
 def _run(host, path, command, conf, env, network):
-    rc, out, err = host.run_plugin(path, env, json.dumps(conf).encode())
+    rc, out, err = host.run_plugin(path, env, dumps(conf).encode())
     return _answer(rc, out, err, path, command, conf, network)
 
 
@@ -47,13 +46,13 @@ def _answer(rc, out, err, path, command, conf, network):
         if command != "ADD":
             return None
         try:
-            return json.loads(out or b"{}")
+            return loads(out or b"{}")
         except ValueError:
             raise NetworkError("CNI plugin %s (%s) printed no JSON result" % (conf["type"], path),
                                field="network " + network)
     message = ""
     try:
-        answer = json.loads(out)
+        answer = loads(out)
         message = answer.get("msg", "")
         if answer.get("details"):
             message += ": " + answer["details"]
@@ -89,7 +88,7 @@ def start_add(host, conflist, container_id, netns, ifname):
     (path,) = check_plugins(host, conflist)
     conf = build_plugin_config(conflist, conflist["plugins"][0])
     env = build_env("ADD", container_id, netns, ifname, host.plugin_dirs)
-    wait = host.start_plugin(path, env, json.dumps(conf).encode())
+    wait = host.start_plugin(path, env, dumps(conf).encode())
     return lambda: _answer(*(wait() + (path, "ADD", conf, conflist["name"])))
 
 

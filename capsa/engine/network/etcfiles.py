@@ -32,8 +32,10 @@ def parse_add_host(spec):
 
 
 def check_dns_servers(servers):
+    if not servers:
+        return []
     import ipaddress
-    for server in servers or ():
+    for server in servers:
         try:
             ipaddress.ip_address(server)
         except ValueError:

@@ -128,10 +128,11 @@ class HostSystem:
         import subprocess
         try:
             done = subprocess.run(["iptables-save"] + (["-t", table] if table else []),
-                                  capture_output=True, text=True)
+                                  capture_output=True)
         except OSError:
             return ""
-        return done.stdout if done.returncode == 0 else ""
+        # bytes, not text=True: text mode imports locale on every run
+        return done.stdout.decode(errors="replace") if done.returncode == 0 else ""
 
     def add_container_rules(self, network, container_id, masquerade=(), firewall=()):
         """The bridge plugin's masquerade rules and, once its chains exist, the firewall plugin's
@@ -144,11 +145,12 @@ class HostSystem:
                                             firewall)
         if not adds:
             return ready
-        done = subprocess.run(["iptables-restore", "--noflush"], input=build_restore(adds),
-                              capture_output=True, text=True)
+        done = subprocess.run(["iptables-restore", "--noflush"],
+                              input=build_restore(adds).encode(), capture_output=True)
         if done.returncode != 0:
             raise NetworkError("iptables-restore could not add the rules of container %s: %s" % (
-                container_id, done.stderr.strip() or "exit status %d" % done.returncode),
+                container_id, done.stderr.decode(errors="replace").strip() or
+                "exit status %d" % done.returncode),
                 field="network " + network, hint="check `iptables-save` and the iptables backend")
         return ready
 
