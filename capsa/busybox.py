@@ -159,7 +159,12 @@ def apply_busybox_tree(entries, root, busybox=BUSYBOX):
         # the umask must not decide the image's modes
         os.chmod(full, mode)
         if as_root and uid:
-            os.chown(full, uid, uid)
+            try:
+                os.chown(full, uid, uid)
+            except OSError as err:
+                # rootless with its own id mapped only: other ids cannot own files (EINVAL)
+                if err.errno != 22:
+                    raise
     for path, _, _, _, _ in entries:
         os.utime(os.path.join(root, path), (EPOCH, EPOCH), follow_symlinks=False)
     os.utime(root, (EPOCH, EPOCH))

@@ -61,11 +61,12 @@ GROUPS = {
 class Context:
     """What every command receives (see the command contract in docs/engine.md)."""
 
-    __slots__ = ("store_root", "stdout", "stderr", "isatty", "runtime", "home")
+    __slots__ = ("store_root", "stdout", "stderr", "isatty", "runtime", "home", "rootless")
 
     def __init__(self, store_root="/var/lib/capsa", stdout=None, stderr=None, runtime=None,
-                 home=None):
+                 home=None, rootless=False):
         self.store_root = store_root
+        self.rootless = rootless
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         try:
@@ -89,7 +90,7 @@ def build_usage():
 
 def read_global_flags(argv):
     """Flags before the command -> (settings dict, rest of argv)."""
-    settings = {"root": os.environ.get("CAPSA_ROOT") or "/var/lib/capsa",
+    settings = {"root": os.environ.get("CAPSA_ROOT") or None,
                 "runtime": os.environ.get("CAPSA_RUNTIME"),
                 "home": os.environ.get("CAPSA_HOME")}
     i = 0
@@ -145,8 +146,14 @@ def main(argv=None, ctx=None):
     err = ctx.stderr if ctx else sys.stderr
     try:
         settings, rest = read_global_flags(argv)
+        rootless = False
         if ctx is None:
-            ctx = Context(settings["root"], runtime=settings["runtime"], home=settings["home"])
+            from capsa.engine.rootless import read_default_store, read_rootless
+            rootless = read_rootless()
+            root = settings["root"] or (read_default_store(os.environ) if rootless
+                                        else "/var/lib/capsa")
+            ctx = Context(root, runtime=settings["runtime"], home=settings["home"],
+                          rootless=rootless)
         if settings.get("version"):
             ctx.stdout.write("capsa 0.1.0\n")
             return 0
@@ -167,6 +174,10 @@ def main(argv=None, ctx=None):
             ctx.stderr.write("capsa: " + name + ": this command is not available in this build ("
                              + module_name + "." + function + " is missing)\n")
             return 125
+        if rootless:
+            # an unprivileged user's engine works as root of a user namespace of its own
+            from capsa.engine.rootless import apply_enter_namespace
+            apply_enter_namespace()
         code = fn(ctx, rest)
         return 0 if code is None else code
     except CapsaError as e:

@@ -73,6 +73,11 @@ def _run_or_create(ctx, argv, command):
             from capsa.engine.runflags import RUN_TABLE
             ctx.stdout.write(build_help(command, RUN_USAGE, RUN_TABLE))
             return 0
+        if getattr(ctx, "rootless", False):
+            from capsa.engine.rootless import check_rootless_request
+            if not opts.get("network"):
+                req["network"] = "none"   # bridges need root: rootless podman's default is slirp
+            check_rootless_request(req, command)
         trace = _trace_printer(ctx) if opts["trace"] else None
         if trace:
             trace("parse flags", time.monotonic() - t0)

@@ -364,6 +364,9 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
             if result.get("resolv"):
                 facts["etc_files"]["/etc/resolv.conf"] = result["resolv"]
         spec = specbuild.build_spec(req, image_config, facts, base=_base_spec())
+        if getattr(ctx, "rootless", False):
+            from capsa.engine.rootless import build_unmapped_options_removed, read_own_maps
+            build_unmapped_options_removed(spec, *read_own_maps())
         if spec_edit:
             spec_edit(spec)
         problem = read_rootfs_lookup(rootfs, spec["process"]["args"][0], spec["process"]["env"]) \

@@ -212,8 +212,8 @@ def _ignore_cgroup_error(ctx, err, plan=None):
     if rootless != "true" or getattr(err, "errno", 0) not in (1, 13, 30):  # EPERM EACCES EROFS
         return False
     if plan and plan.get("writes"):
-        raise KernelError("linux.resources asks for limits, and this rootless caller may not "
-                          "make cgroups (%s)" % err.message, errno=err.errno,
+        raise KernelError("limits need cgroups, and this rootless caller may not make them "
+                          "(%s)" % err.message, errno=err.errno,
                           field="linux.resources",
                           hint="drop the limits, or run where cgroups are delegated to you")
     return True

@@ -6,74 +6,16 @@ Needs root (to make the user) and unprivileged user namespaces.
 """
 import json
 import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 
 import pytest
 
 from capsa.runtime.specgen import build_default_spec
 from tests.bundles import RUNC, capsa_runtime_command, make_rootfs
+from tests.rootless_user import USER, make_user, run_as, skip_without_userns
 
-USER = "capsa-rootless"
-
-
-def _userns_missing():
-    if os.geteuid() != 0:
-        return "needs root to create the test user"
-    try:
-        with open("/proc/sys/user/max_user_namespaces") as handle:
-            if int(handle.read()) == 0:
-                return "user namespaces are disabled (user.max_user_namespaces = 0)"
-    except OSError:
-        return "no /proc/sys/user/max_user_namespaces: kernel without user namespaces"
-    try:
-        with open("/proc/sys/kernel/unprivileged_userns_clone") as handle:
-            if handle.read().strip() == "0":
-                return "unprivileged user namespaces are off (kernel.unprivileged_userns_clone)"
-    except OSError:
-        pass
-    if not shutil.which("useradd"):
-        return "no useradd on this host"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_userns_missing() is not None, reason=_userns_missing() or "")
-
-
-@pytest.fixture(scope="module")
-def user():
-    """A throwaway unprivileged user (with Debian's default /etc/subuid range), and a 0755
-    work folder it owns."""
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                       check=True)
-    entry = pwd.getpwnam(USER)
-    work = tempfile.mkdtemp(prefix="capsa-rootless-")
-    os.chmod(work, 0o755)
-    os.chown(work, entry.pw_uid, entry.pw_gid)
-    try:
-        yield {"uid": entry.pw_uid, "gid": entry.pw_gid, "work": work}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(["userdel", USER], check=False)
-
-
-def _as_user(user, argv, timeout=60):
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              timeout=timeout, cwd=user["work"], user=user["uid"],
-                              group=user["gid"], extra_groups=[],
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": user["work"],
-                                   "XDG_RUNTIME_DIR": user["work"]})
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(argv, proc.returncode, out.read().decode(),
-                                           err.read().decode())
-
+pytestmark = skip_without_userns()
+user = pytest.fixture(scope="module")(make_user)
+_as_user = run_as
 
 def _bundle(user, name, args, mutate=None):
     bundle = os.path.join(user["work"], name)

@@ -4,6 +4,7 @@ Owns tar entry safety (no `..`, nothing written through a symlink or a non-folde
 opaque-folder translation (`.wh.NAME` -> 0:0 char device, `.wh..wh..opq` -> trusted.overlay.opaque),
 ownership, modes, xattrs, hard links and device nodes. Imports only the standard library and errors.
 """
+import errno
 import os
 import stat
 
@@ -13,8 +14,28 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 # A layer must never carry overlayfs' own control xattrs: trusted.overlay.redirect or .origin in
 # a hostile layer would make overlayfs look up paths the layer does not own.
-_REFUSED_XATTR_PREFIX = "trusted.overlay."
+# Rootless, overlayfs reads the same control xattrs under user.overlay. (mount option userxattr).
+_REFUSED_XATTR_PREFIX = ("trusted.overlay.", "user.overlay.")
 _CHUNK = 1 << 20
+
+
+def read_in_userns():
+    """Whether capsa runs in a user namespace (rootless): there overlayfs keeps its own
+    xattrs as user.overlay.* (mounted with userxattr) and trusted.* cannot be written."""
+    if not _USERNS:
+        try:
+            with open("/proc/self/uid_map", "rb") as handle:
+                _USERNS.append(handle.read().split() != [b"0", b"0", b"4294967295"])
+        except OSError:
+            _USERNS.append(False)
+    return _USERNS[0]
+
+
+_USERNS = []
+
+
+def build_overlay_xattr(name):
+    return ("user.overlay." if read_in_userns() else "trusted.overlay.") + name
 
 
 class HashingReader:
@@ -209,10 +230,16 @@ class _Unpacker:
         full = self.full(rel)
         is_link = member.issym()
         if self.owners:
-            if fd is not None:
-                os.fchown(fd, member.uid, member.gid)
-            else:
-                os.chown(full, member.uid, member.gid, follow_symlinks=False)
+            try:
+                if fd is not None:
+                    os.fchown(fd, member.uid, member.gid)
+                else:
+                    os.chown(full, member.uid, member.gid, follow_symlinks=False)
+            except OSError as exc:
+                # rootless, mapped to its own id only: ids outside the map cannot own files
+                # (EINVAL); they stay the caller's, root inside
+                if exc.errno != errno.EINVAL or not read_in_userns():
+                    raise
         for key, value in member.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
                 name = key[len("SCHILY.xattr."):]
@@ -242,7 +269,7 @@ class _Unpacker:
         parent = rel.rpartition("/")[0]
         if base == OPAQUE_MARKER:
             if self.overlay:
-                os.setxattr(self.full(parent), "trusted.overlay.opaque", b"y")
+                os.setxattr(self.full(parent), build_overlay_xattr("opaque"), b"y")
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
             return      # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs)

@@ -25,8 +25,11 @@ def build_overlay_options(lower_dirs, upper, work, volatile=False):
         if "," in d or ":" in d:
             raise ImageError("overlay folder %r contains ',' or ':'" % d, field="store_root",
                              hint="use a store and container path without those characters")
-    return "lowerdir=%s,upperdir=%s,workdir=%s%s" % (":".join(reversed(lower_dirs)), upper, work,
-                                                      ",volatile" if volatile else "")
+    from capsa.engine.images.layer import read_in_userns
+    return "lowerdir=%s,upperdir=%s,workdir=%s%s%s" % (
+        ":".join(reversed(lower_dirs)), upper, work, ",volatile" if volatile else "",
+        # rootless: overlayfs in a user namespace keeps its xattrs under user.overlay.*
+        ",userxattr" if read_in_userns() else "")
 
 
 def build_rootfs_kind(target):

@@ -1,0 +1,98 @@
+"""`capsa` run by an unprivileged user: the engine works as root of a user namespace of its own
+(its /etc/subuid range mapped through newuidmap, or its own id alone), keeps its store under
+~/.local/share/capsa, runs containers in the foreground, and refuses in one line what a rootless
+engine cannot do yet. Nothing is left in the store or mounted on the host afterwards.
+"""
+import os
+import subprocess
+
+import pytest
+
+from tests.rootless_user import make_user, run_as, skip_without_userns
+
+pytestmark = skip_without_userns()
+CAPSA = os.environ.get("CAPSA_ENGINE", "/usr/local/bin/capsa")
+
+
+@pytest.fixture(scope="module")
+def user():
+    yield from make_user()
+
+
+@pytest.fixture(scope="module")
+def system_user():
+    """No /etc/subuid range: the engine maps the user's own id only."""
+    yield from make_user("capsa-rootless-sys", system=True)
+
+
+def _store(user):
+    return os.path.join(user["work"], ".local", "share", "capsa")
+
+
+def _host_mounts_under(path):
+    with open("/proc/self/mountinfo") as handle:
+        return [line for line in handle if path in line]
+
+
+def _chown_tree(top, user):
+    for folder, dirs, files in os.walk(top):
+        for item in [folder] + [os.path.join(folder, f) for f in files]:
+            os.lchown(item, user["uid"], user["gid"])
+
+
+def test_rootless_run_in_the_foreground(user):
+    probe = "id -u; cat /proc/self/uid_map; stat -c '%u %g' /bin/busybox /dev/null"
+    result = run_as(user, [CAPSA, "run", "--rm", "busybox", "sh", "-c", probe])
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert words[0] == "0"
+    # root inside is the caller; ids 1… come from its subordinate range
+    assert words[1:4] == ["0", str(user["uid"]), "1"]
+    assert words[4] == "1" and int(words[5]) >= 65536
+    images = run_as(user, [CAPSA, "images"])
+    assert "busybox" in images.stdout
+    assert os.listdir(os.path.join(_store(user), "containers")) == []
+    assert _host_mounts_under(user["work"]) == []
+
+
+def test_rootless_layered_image_with_whiteouts(user, tmp_path):
+    """overlayfs in a user namespace keeps its opaque marks as user.overlay.* (userxattr)."""
+    from tests.integration.test_images import layer_tars
+    from tests.integration.test_images_support import build_layout
+    top = os.path.join(user["work"], "layers")
+    layout = build_layout(top, layer_tars(str(tmp_path)), name="two")
+    _chown_tree(top, user)
+    script = "cd /data && echo *; cd old && echo *; test -e /bin/ls || echo no-ls"
+    result = run_as(user, [CAPSA, "run", "--rm", "oci:%s:two" % layout, "sh", "-c", script])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "new old\nc\nno-ls\n"
+    assert _host_mounts_under(user["work"]) == []
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["run", "-d", "busybox", "sleep", "1"], "--detach"),
+    (["create", "busybox", "true"], "create"),
+    (["run", "--rm", "-p", "8080:80", "busybox", "true"], "--publish"),
+    (["run", "--rm", "--network", "bridge", "busybox", "true"], "--network"),
+    (["run", "--rm", "--memory", "16m", "busybox", "true"], "linux.resources"),
+])
+def test_what_rootless_cannot_do_is_one_clear_line(user, argv, field):
+    result = run_as(user, [CAPSA] + argv)
+    assert result.returncode in (125, 126), result.stderr
+    assert result.stderr.count("\n") == 1 and field in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(os.path.join(_store(user), "containers")) == []
+
+
+def test_rootless_without_subordinate_ids_maps_the_own_id_only(system_user):
+    result = run_as(system_user, [CAPSA, "run", "--rm", "busybox", "sh", "-c",
+                                  "id -u; cat /proc/self/uid_map /proc/self/setgroups"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0", str(system_user["uid"]), "1", "deny"]
+
+
+def test_root_keeps_the_system_store():
+    """The rootless defaults apply to unprivileged callers only."""
+    listed = subprocess.run([CAPSA, "images"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert os.path.isdir("/var/lib/capsa")
