@@ -98,3 +98,15 @@ def test_container_rules_add_the_firewall_rules_once_its_chains_exist():
     assert ready and adds == [
         ("filter", "-A CNI-FORWARD -d 10.89.248.7/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
         ("filter", "-A CNI-FORWARD -s 10.89.248.7/32 -j ACCEPT")]
+
+
+def test_still_present_tells_a_finished_restore_from_one_not_yet_committed():
+    from capsa.engine.network.rules import build_still_present
+    removals = build_rule_removals(_SAVE, [build_tag("capsa", "c1")], ["10.89.248.5"])
+    assert build_still_present(_SAVE, removals) == [r for r in removals if r[1][:2] in ("-D", "-X")]
+    after = "\n".join(l for l in _SAVE.splitlines()
+                      if "10.89.248.5/" not in l and "CNI-57530a42546b7072bdca7847" not in l)
+    assert build_still_present(after, removals) == []
+    # a chain still declared, all its rules gone: not finished
+    chain_left = after + "\n:CNI-57530a42546b7072bdca7847 - [0:0]\n"
+    assert build_still_present(chain_left, removals) == [("nat", "-X CNI-57530a42546b7072bdca7847")]

@@ -4,22 +4,22 @@ from capsa.engine.network import host
 
 def test_large_stdin_and_stdout_flow_both_ways_without_deadlock():
     data = b"x" * 300000 + b"\n"   # beyond a 64 KB pipe buffer, both ways at once
-    rc, out, err = host._spawn(["cat"], data)()
+    rc, out, err = host._spawn(["cat"], data).wait()
     assert (rc, out, err) == (0, data, b"")
 
 
 def test_exit_status_stderr_environment_and_a_signal():
     script = 'echo "$CNI_COMMAND"; echo oops >&2; exit 3'
-    rc, out, err = host._spawn(["/bin/sh", "-c", script], b"", {"CNI_COMMAND": "DEL"})()
+    rc, out, err = host._spawn(["/bin/sh", "-c", script], b"", {"CNI_COMMAND": "DEL"}).wait()
     assert (rc, out, err) == (3, b"DEL\n", b"oops\n")
-    assert host._spawn(["/bin/sh", "-c", "kill -9 $$"])()[0] == -9
+    assert host._spawn(["/bin/sh", "-c", "kill -9 $$"]).wait()[0] == -9
 
 
 def test_a_missing_program_is_126_and_a_hung_one_is_killed(monkeypatch):
-    rc, out, err = host._spawn(["/nonexistent/plugin"])()
+    rc, out, err = host._spawn(["/nonexistent/plugin"]).wait()
     assert rc == 126 and b"No such file" in err
     monkeypatch.setattr(host, "PLUGIN_TIMEOUT", 0.2)
-    rc, out, err = host._spawn(["/bin/sh", "-c", "sleep 30"])()
+    rc, out, err = host._spawn(["/bin/sh", "-c", "sleep 30"]).wait()
     assert rc == 124 and b"timed out" in err
 
 
@@ -29,8 +29,25 @@ def test_the_child_gets_no_fd_but_its_three_pipes():
     # as if inherited from a parent without close-on-exec
     os.set_inheritable(keep, True)
     try:
-        rc, out, _ = host._spawn(["/bin/sh", "-c", "ls /proc/self/fd"])()
+        rc, out, _ = host._spawn(["/bin/sh", "-c", "ls /proc/self/fd"]).wait()
     finally:
         os.close(keep)
     # 0, 1, 2 and the fd ls opened to read the folder
     assert rc == 0 and sorted(int(n) for n in out.split()) == [0, 1, 2, 3]
+
+
+def test_an_abandoned_child_keeps_running_and_is_reaped_by_a_later_spawn():
+    import os
+    import time
+    child = host._spawn(["/bin/sh", "-c", "sleep 0.2"])
+    assert child.running()
+    child.abandon()
+    assert child.pid in host._ABANDONED
+    time.sleep(0.4)
+    host._spawn(["true"]).wait()
+    assert child.pid not in host._ABANDONED
+    try:
+        os.waitpid(child.pid, os.WNOHANG)
+        assert False, "still a child of ours"
+    except ChildProcessError:
+        pass

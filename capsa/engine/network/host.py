@@ -35,7 +35,7 @@ class HostSystem:
     def start_plugin(self, path, env, stdin):
         """Start a plugin; the returned function waits for it -> (rc, stdout, stderr). Plugins of
         different interfaces are independent (loopback beside the bridge chain at attach)."""
-        return _spawn([path], stdin, env)
+        return _spawn([path], stdin, env).wait
 
     def read_routes(self):
         """IPv4 routes of the host's main table: [(subnet-text, dev)] from /proc/net/route."""
@@ -63,7 +63,7 @@ class HostSystem:
         return os.path.isdir(os.path.join("/sys/class/net", name, "bridge"))
 
     def delete_link(self, name):
-        rc, _, err = _spawn(["ip", "link", "delete", "dev", name])()
+        rc, _, err = _spawn(["ip", "link", "delete", "dev", name]).wait()
         if rc != 0 and name in self.read_links():
             raise NetworkError("cannot delete link %s: %s" % (name, err.decode().strip()))
 
@@ -76,28 +76,34 @@ class HostSystem:
         iptables-save and one iptables-restore --noflush (one iptables exec per rule: 63-76 ms
         measured). The restore runs while the caller goes on; the returned function waits for it
         and returns the removed lines as "table: line" strings."""
-        from capsa.engine.network.rules import build_restore, build_rule_removals
+        from capsa.engine.network.rules import (
+            build_restore, build_rule_removals, build_still_present)
         removals = build_rule_removals(self.read_rules(), tags, addresses)
         if not removals:
             return lambda: []
         restore = _spawn(["iptables-restore", "--noflush"], build_restore(removals).encode())
 
         def wait():
-            if restore()[0] == 0:
+            # iptables-nft-restore spends 10-14 ms in close() of its netlink socket after the
+            # commit (strace): once iptables-save shows the rules gone, its exit is not awaited
+            if restore.running() and not build_still_present(self.read_rules(), removals):
+                restore.abandon()
+                return ["%s: %s" % r for r in removals]
+            if restore.wait()[0] == 0:
                 return ["%s: %s" % r for r in removals]
             # A table commits all its lines or none: a rule another CNI user removed between
             # save and restore fails the whole table, so fall back to one call per line.
             import shlex
             removed = []
             for table, line in removals:
-                if _spawn(["iptables", "-w", "-t", table] + shlex.split(line))()[0] == 0:
+                if _spawn(["iptables", "-w", "-t", table] + shlex.split(line)).wait()[0] == 0:
                     removed.append("%s: %s" % (table, line))
             return removed
         return wait
 
     def read_rules(self, table=None):
         """iptables-save text of `table` (all tables when None); "" when iptables is missing."""
-        rc, out, _ = _spawn(["iptables-save"] + (["-t", table] if table else []))()
+        rc, out, _ = _spawn(["iptables-save"] + (["-t", table] if table else [])).wait()
         return out.decode(errors="replace") if rc == 0 else ""
 
     def add_container_rules(self, network, container_id, masquerade=(), firewall=()):
@@ -110,7 +116,7 @@ class HostSystem:
                                             firewall)
         if not adds:
             return ready
-        rc, _, err = _spawn(["iptables-restore", "--noflush"], build_restore(adds).encode())()
+        rc, _, err = _spawn(["iptables-restore", "--noflush"], build_restore(adds).encode()).wait()
         if rc != 0:
             raise NetworkError("iptables-restore could not add the rules of container %s: %s" % (
                 container_id, err.decode(errors="replace").strip() or "exit status %d" % rc),
@@ -169,12 +175,12 @@ class HostSystem:
 
 def _spawn(argv, stdin=b"", env=None):
     """Start argv (argv[0] a path, or a name looked up on PATH) with `stdin` fed and its output
-    captured; the returned function waits -> (rc, stdout, stderr), rc 124 after PLUGIN_TIMEOUT s,
-    126 when it cannot start. os.posix_spawn, not subprocess: importing subprocess (locale, re,
+    captured -> a _Child. os.posix_spawn, not subprocess: importing subprocess (locale, re,
     threading, selectors, signal) costs ~4 ms on every bridge run. The child gets the three
     pipes alone."""
-    import select
-    import time
+    for pid in list(_ABANDONED):
+        if _reaped(pid):
+            _ABANDONED.remove(pid)
     pipes = [os.pipe() for _ in range(3)]
     actions = [(os.POSIX_SPAWN_DUP2, pipes[0][0], 0), (os.POSIX_SPAWN_DUP2, pipes[1][1], 1),
                (os.POSIX_SPAWN_DUP2, pipes[2][1], 2)]
@@ -188,33 +194,74 @@ def _spawn(argv, stdin=b"", env=None):
         for r, w in pipes:
             os.close(r)
             os.close(w)
-        answer = (126, b"", str(exc).encode())
-        return lambda: answer
+        return _Child(None, None, None, None, str(exc).encode())
     for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
         os.close(fd)
-    feed, out, err = pipes[0][1], pipes[1][0], pipes[2][0]
+    feed = pipes[0][1]
+    if len(stdin) <= 4096:
+        # PIPE_BUF fits an empty pipe at once: the child starts reading without waiting for us
+        try:
+            os.write(feed, stdin)
+        except BrokenPipeError:
+            pass
+        os.close(feed)
+        feed, stdin = None, b""
+    return _Child(pid, feed, pipes[1][0], pipes[2][0], stdin)
 
-    def wait():
+
+# children whose exit nobody waits for (_Child.abandon), reaped by later spawns
+_ABANDONED = []
+
+
+def _reaped(pid):
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
+
+
+class _Child:
+    """A started program: wait() -> (rc, stdout, stderr), rc 124 after PLUGIN_TIMEOUT s and 126
+    when it could not start (stderr then says why)."""
+    __slots__ = ("pid", "feed", "out", "err", "stdin")
+
+    def __init__(self, pid, feed, out, err, stdin):
+        self.pid, self.feed, self.out, self.err, self.stdin = pid, feed, out, err, stdin
+
+    def running(self):
+        return self.pid is not None and os.waitpid(self.pid, os.WNOHANG)[0] == 0
+
+    def abandon(self):
+        """Stop caring: close our pipe ends; its exit is reaped by a later spawn (or by init)."""
+        for fd in (self.feed, self.out, self.err):
+            if fd is not None:
+                os.close(fd)
+        _ABANDONED.append(self.pid)
+
+    def wait(self):
+        if self.pid is None:
+            return 126, b"", self.stdin
+        import select
+        import time
         poller = select.poll()
-        chunks = {out: [], err: []}
-        view = memoryview(stdin)
-        if view:
-            poller.register(feed, select.POLLOUT)
-        else:
-            os.close(feed)
-        poller.register(out, select.POLLIN)
-        poller.register(err, select.POLLIN)
-        live = set(chunks) | ({feed} if view else set())
+        chunks = {self.out: [], self.err: []}
+        view = memoryview(self.stdin)
+        live = set(chunks)
+        if self.feed is not None:
+            poller.register(self.feed, select.POLLOUT)
+            live.add(self.feed)
+        poller.register(self.out, select.POLLIN)
+        poller.register(self.err, select.POLLIN)
         deadline = time.monotonic() + PLUGIN_TIMEOUT
         while live:
             left = deadline - time.monotonic()
             if left <= 0:
-                os.kill(pid, 9)
+                os.kill(self.pid, 9)
                 break
             for fd, _ in poller.poll(left * 1000):
-                if fd == feed:
+                if fd == self.feed:
                     try:
-                        view = view[os.write(feed, view[:65536]):]
+                        view = view[os.write(fd, view[:65536]):]
                     except BrokenPipeError:
                         view = view[:0]
                     done = not view
@@ -228,11 +275,11 @@ def _spawn(argv, stdin=b"", env=None):
                     live.discard(fd)
         for fd in live:
             os.close(fd)
-        status = os.waitpid(pid, 0)[1]
+        status = os.waitpid(self.pid, 0)[1]
         if live:
             return 124, b"", b"timed out after %d s" % PLUGIN_TIMEOUT
-        return os.waitstatus_to_exitcode(status), b"".join(chunks[out]), b"".join(chunks[err])
-    return wait
+        return (os.waitstatus_to_exitcode(status), b"".join(chunks[self.out]),
+                b"".join(chunks[self.err]))
 
 
 def _open_fds():

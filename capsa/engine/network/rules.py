@@ -63,6 +63,20 @@ def build_rule_removals(save_text, tags, addresses=()):
     return removals
 
 
+def build_still_present(save_text, removals):
+    """The rules and chains of build_rule_removals' list that `save_text` still shows."""
+    lines = save_text.splitlines()
+    rules = set(lines)
+    chains = set(l.split(" ", 1)[0][1:] for l in lines if l.startswith(":"))
+    present = []
+    for table, line in removals:
+        if line.startswith("-D ") and "-A " + line[3:] in rules:
+            present.append((table, line))
+        elif line.startswith("-X ") and line[3:] in chains:
+            present.append((table, line))
+    return present
+
+
 def build_restore(removals):
     """iptables-restore input for build_rule_removals' list: one COMMIT per table (atomic)."""
     text = []
