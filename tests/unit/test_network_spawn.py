@@ -51,3 +51,11 @@ def test_an_abandoned_child_keeps_running_and_is_reaped_by_a_later_spawn():
         assert False, "still a child of ours"
     except ChildProcessError:
         pass
+
+
+def test_wait_after_running_saw_the_exit_still_gives_the_status():
+    import time
+    child = host._spawn(["/bin/sh", "-c", "echo done; exit 4"])
+    time.sleep(0.2)
+    assert not child.running()
+    assert child.wait() == (4, b"done\n", b"")

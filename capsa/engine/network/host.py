@@ -223,13 +223,19 @@ def _reaped(pid):
 class _Child:
     """A started program: wait() -> (rc, stdout, stderr), rc 124 after PLUGIN_TIMEOUT s and 126
     when it could not start (stderr then says why)."""
-    __slots__ = ("pid", "feed", "out", "err", "stdin")
+    __slots__ = ("pid", "feed", "out", "err", "stdin", "status")
 
     def __init__(self, pid, feed, out, err, stdin):
         self.pid, self.feed, self.out, self.err, self.stdin = pid, feed, out, err, stdin
+        self.status = None
 
     def running(self):
-        return self.pid is not None and os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        if self.pid is None or self.status is not None:
+            return False
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = status
+        return not pid
 
     def abandon(self):
         """Stop caring: close our pipe ends; its exit is reaped by a later spawn (or by init)."""
@@ -275,7 +281,7 @@ class _Child:
                     live.discard(fd)
         for fd in live:
             os.close(fd)
-        status = os.waitpid(self.pid, 0)[1]
+        status = self.status if self.status is not None else os.waitpid(self.pid, 0)[1]
         if live:
             return 124, b"", b"timed out after %d s" % PLUGIN_TIMEOUT
         return (os.waitstatus_to_exitcode(status), b"".join(chunks[self.out]),
