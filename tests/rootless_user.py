@@ -56,6 +56,9 @@ def make_user(name=USER, system=False):
     try:
         yield {"uid": entry.pw_uid, "gid": entry.pw_gid, "work": work, "name": name}
     finally:
+        # the user's rootless engine leaves its pause process (and conmon's) behind, as
+        # podman's does; they are this test user's, made by the tests
+        subprocess.run(["pkill", "-KILL", "-U", str(entry.pw_uid)], check=False)
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["userdel", name], check=False)
 

@@ -177,7 +177,7 @@ def main(argv=None, ctx=None):
         if rootless:
             # an unprivileged user's engine works as root of a user namespace of its own
             from capsa.engine.rootless import apply_enter_namespace
-            apply_enter_namespace()
+            apply_enter_namespace(ctx.store_root)
         code = fn(ctx, rest)
         return 0 if code is None else code
     except CapsaError as e:

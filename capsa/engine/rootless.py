@@ -2,8 +2,9 @@
 own (podman's model), where it is root: overlay mounts, layer ownership and the container's
 namespaces all work there, and nothing it mounts is seen by the host.
 
-Owns the user's default store, entering the namespace, and what rootless cannot do (yet).
-Imports os and capsa's errors and kernel seam, lazily; must not import the runtime's commands.
+Owns the user's default store, the rootless namespace (made once, kept by a pause process,
+joined by every command) and what rootless cannot do. Imports os, and capsa's errors, kernel
+seam and state reader lazily; must not import the runtime's commands.
 """
 import os
 
@@ -15,9 +16,22 @@ _HELPERS = ("/usr/bin/newuidmap", "/usr/bin/newgidmap")
 
 
 def read_rootless():
-    """True for an unprivileged caller: capsa then keeps its store in the user's home and
-    enters a user namespace of its own before any command."""
-    return os.geteuid() != 0
+    """True for an unprivileged caller, and for a capsa started inside the rootless namespace
+    (conmon's exit command): root there is an ordinary user outside."""
+    if os.geteuid() != 0:
+        return True
+    return read_inside_rootless()
+
+
+def read_inside_rootless():
+    """Whether this process is root of a user namespace whose root is an unprivileged host
+    user (the rootless namespace, or one like it)."""
+    try:
+        with open("/proc/self/uid_map") as handle:
+            first = handle.readline().split()
+    except OSError:
+        return False
+    return len(first) == 3 and first[0] == "0" and first[1] != "0"
 
 
 def read_default_store(environ):
@@ -50,15 +64,76 @@ def build_id_maps(uid, gid, uid_range, gid_range):
     return None
 
 
-def apply_enter_namespace(kernel=None):
-    """unshare a user and a mount namespace and become root in it. With /etc/subuid and
-    /etc/subgid ranges (and newuidmap/newgidmap), a child maps them from outside; without, the
-    caller maps its own ids only (and setgroups is denied, the kernel's rule)."""
-    import pwd
-    from capsa.errors import KernelError
+def apply_enter_namespace(store_root, kernel=None):
+    """Enter the user's rootless namespace (a user and a mount namespace where the caller is
+    root), made on first use and kept by a pause process, as podman does: every command,
+    conmon's exit command included, joins the same one, so detached containers and their
+    mounts stay reachable. Returns "joined", "made" or "inside"."""
     if kernel is None:
         from capsa.syscalls.kernel import Kernel
         kernel = Kernel()
+    if os.geteuid() == 0 and read_inside_rootless():
+        return "inside"
+    import fcntl
+    os.makedirs(store_root, mode=0o700, exist_ok=True)
+    pid_file = os.path.join(store_root, "pause.pid")
+    how = "joined"
+    # two first commands at once must not make two namespaces: one would hold containers
+    # that no later command could reach
+    lock = os.open(pid_file + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pid = _read_pause(pid_file)
+        if pid is None:
+            pid = _start_pause(kernel, pid_file)
+            how = "made"
+    finally:
+        os.close(lock)
+    _join(kernel, pid)
+    return how
+
+
+def _read_pause(pid_file):
+    """The pause process's pid if it still runs (same start time as recorded), else None."""
+    from capsa.runtime.state import read_start_time
+    try:
+        with open(pid_file) as handle:
+            pid, start = handle.read().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None
+    return pid if str(read_start_time(pid)) == start else None
+
+
+def _join(kernel, pid):
+    from capsa.errors import KernelError
+    fds = []
+    try:
+        for name in ("user", "mnt"):
+            fds.append(os.open("/proc/%d/ns/%s" % (pid, name), os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise KernelError("cannot reach the rootless namespace of pause process %d: %s"
+                          % (pid, exc.strerror), hint="remove pause.pid from the store and retry")
+    try:
+        kernel.setns(fds[0], CLONE_NEWUSER)
+        kernel.setns(fds[1], CLONE_NEWNS)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    kernel.setresgid(0, 0, 0)
+    kernel.setresuid(0, 0, 0)
+
+
+def _start_pause(kernel, pid_file):
+    """Fork the pause process: it leaves our session, unshares a user and a mount namespace,
+    is mapped (by us, from outside, through newuidmap/newgidmap when the user has subordinate
+    ranges; by itself to its own id otherwise), makes its mounts private and then only waits
+    (catatonit -P where installed). Its pid and start time go to pid_file."""
+    import pwd
+    from capsa.errors import KernelError
+    from capsa.runtime.state import read_start_time
     uid, gid = os.geteuid(), os.getegid()
     try:
         name = pwd.getpwuid(uid).pw_name
@@ -68,66 +143,99 @@ def apply_enter_namespace(kernel=None):
     if all(os.access(helper, os.X_OK) for helper in _HELPERS):
         maps = build_id_maps(uid, gid, read_subordinate_range("/etc/subuid", name, uid),
                              read_subordinate_range("/etc/subgid", name, gid))
-    if maps is None:
-        kernel.unshare(CLONE_NEWUSER | CLONE_NEWNS)
-        kernel.write_file("/proc/self/setgroups", "deny")
-        kernel.write_file("/proc/self/uid_map", "0 %d 1\n" % uid)
-        kernel.write_file("/proc/self/gid_map", "0 %d 1\n" % gid)
-    else:
-        _map_from_a_child(kernel, maps)
-    kernel.setresgid(0, 0, 0)
-    kernel.setresuid(0, 0, 0)
-    try:
-        # what the engine mounts from now on stays in its own namespace
-        kernel.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    except KernelError:
-        pass
-    return "subordinate" if maps else "own"
-
-
-def _map_from_a_child(kernel, maps):
-    """newuidmap/newgidmap must run outside the new namespace: a child waits until we have
-    unshared, maps us, and reports back through its exit status."""
-    from capsa.errors import KernelError
-    parent = os.getpid()
-    ready_r, ready_w = os.pipe()
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
     child = os.fork()
     if child == 0:
-        status = 1
-        try:
-            os.close(ready_w)
-            os.read(ready_r, 1)
+        _pause_main(kernel, maps, uid, gid, to_child_r, to_parent_w,
+                    (to_child_w, to_parent_r), pid_file + ".new")
+    os.close(to_child_r)
+    os.close(to_parent_w)
+    try:
+        if os.read(to_parent_r, 1) != b"u":
+            raise KernelError("the rootless namespace could not be made (user namespaces off?)")
+        if maps:
             for helper, args in zip(_HELPERS, maps):
-                code, err = kernel.run_helper(helper, [os.path.basename(helper), str(parent)]
+                code, err = kernel.run_helper(helper, [os.path.basename(helper), str(child)]
                                               + args)
                 if code != 0:
-                    os.write(2, ("capsa: %s: %s\n" % (os.path.basename(helper), err.strip()))
-                             .encode())
-                    break
-            else:
-                status = 0
-        finally:
-            os._exit(status)
-    os.close(ready_r)
-    try:
-        kernel.unshare(CLONE_NEWUSER | CLONE_NEWNS)
+                    raise KernelError("%s could not map this user's subordinate ids: %s"
+                                      % (os.path.basename(helper), err.strip()),
+                                      hint="check /etc/subuid and /etc/subgid")
+        os.write(to_child_w, b"m")
+        if os.read(to_parent_r, 1) != b"r":
+            raise KernelError("the rootless pause process failed to start")
+    except BaseException:
+        try:
+            os.kill(child, 9)
+        except OSError:
+            pass
+        raise
     finally:
-        os.write(ready_w, b"x")
-        os.close(ready_w)
-    _, status = os.waitpid(child, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise KernelError("newuidmap/newgidmap could not map this user's subordinate ids",
-                          hint="check /etc/subuid and /etc/subgid, or remove the user's lines "
-                               "to run with its own id only")
+        os.close(to_child_w)
+        os.close(to_parent_r)
+    # the pause process detached itself (double fork): reap the intermediate
+    os.waitpid(child, 0)
+    pause = int(_read_line(pid_file + ".new") or 0)
+    start = read_start_time(pause) if pause else None
+    if not pause or start is None:
+        raise KernelError("the rootless pause process did not start")
+    with open(pid_file + ".new", "w") as handle:
+        handle.write("%d %s\n" % (pause, start))
+    os.replace(pid_file + ".new", pid_file)
+    return pause
+
+
+def _read_line(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _pause_main(kernel, maps, uid, gid, from_parent, to_parent, others, pid_file_new):
+    """In the forked child; never returns."""
+    try:
+        for fd in others:
+            os.close(fd)
+        os.setsid()
+        kernel.unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        os.write(to_parent, b"u")
+        if os.read(from_parent, 1) != b"m":
+            os._exit(1)
+        if maps is None:
+            kernel.write_file("/proc/self/setgroups", "deny")
+            kernel.write_file("/proc/self/uid_map", "0 %d 1\n" % uid)
+            kernel.write_file("/proc/self/gid_map", "0 %d 1\n" % gid)
+        kernel.setresgid(0, 0, 0)
+        kernel.setresuid(0, 0, 0)
+        kernel.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        pause = os.fork()
+        if pause != 0:
+            os._exit(0)
+        # the grandchild: reparented to init, it keeps the namespaces for everyone
+        with open(pid_file_new, "w") as handle:
+            handle.write("%d" % os.getpid())
+        os.write(to_parent, b"r")
+        os.close(to_parent)
+        os.close(from_parent)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        if os.access("/usr/bin/catatonit", os.X_OK):
+            os.execv("/usr/bin/catatonit", ["catatonit", "-P"])
+        while True:
+            import signal
+            signal.pause()
+    except BaseException:
+        os._exit(1)
 
 
 def check_rootless_request(req, command):
     """What a rootless engine cannot do yet, refused in one line each."""
     from capsa.errors import UsageError
-    if req["detach"] or command == "create":
-        raise UsageError("rootless capsa runs containers in the foreground only",
-                         field="--detach" if req["detach"] else "create",
-                         hint="run as root for detached containers, or drop -d")
     if req["network"] not in ("none", "host"):
         raise UsageError("a rootless container cannot join the %r network: bridges need root"
                          % req["network"], field="--network",

@@ -70,8 +70,6 @@ def test_rootless_layered_image_with_whiteouts(user, tmp_path):
 
 
 @pytest.mark.parametrize("argv, field", [
-    (["run", "-d", "busybox", "sleep", "1"], "--detach"),
-    (["create", "busybox", "true"], "create"),
     (["run", "--rm", "-p", "8080:80", "busybox", "true"], "--publish"),
     (["run", "--rm", "--network", "bridge", "busybox", "true"], "--network"),
     (["run", "--rm", "--memory", "16m", "busybox", "true"], "linux.resources"),
@@ -82,6 +80,35 @@ def test_what_rootless_cannot_do_is_one_clear_line(user, argv, field):
     assert result.stderr.count("\n") == 1 and field in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert os.listdir(os.path.join(_store(user), "containers")) == []
+
+
+def test_rootless_detached_container_lifecycle(user):
+    """Every command joins the user's one rootless namespace, kept by a pause process, so a
+    detached container's mounts and namespaces stay reachable from later commands."""
+    def capsa(*argv):
+        result = run_as(user, [CAPSA] + list(argv))
+        assert result.returncode == 0, "%s: %s" % (argv, result.stderr)
+        return result.stdout
+    cid = capsa("run", "-d", "--name", "web", "busybox", "sh", "-c",
+                "echo started; exec sleep 300").strip()
+    try:
+        listed = capsa("ps", "--format", "{{.Names}} {{.Status}}")
+        assert listed.startswith("web Up"), listed
+        assert capsa("exec", "web", "sh", "-c", "id -u; cat /proc/1/cmdline") == \
+            "0\nsleep\x00300\x00"
+        assert "started" in capsa("logs", "web")
+        made = capsa("create", "--name", "later", "busybox", "echo", "from create")
+        assert capsa("start", "-a", "later") == "from create\n"
+        capsa("rm", "later")
+    finally:
+        capsa("rm", "-f", "web")
+    assert os.listdir(os.path.join(_store(user), "containers")) == []
+    with open(os.path.join(_store(user), "pause.pid")) as handle:
+        pause = int(handle.read().split()[0])
+    # the pause process holds the namespace: one per user, reused by every command
+    with open("/proc/%d/status" % pause) as handle:
+        assert "Uid:\t%d" % user["uid"] in handle.read()
+    assert made.strip() and cid
 
 
 def test_rootless_without_subordinate_ids_maps_the_own_id_only(system_user):

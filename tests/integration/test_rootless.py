@@ -6,6 +6,7 @@ Needs root (to make the user) and unprivileged user namespaces.
 """
 import json
 import os
+import time
 
 import pytest
 
@@ -73,11 +74,24 @@ def test_rootless_create_exec_kill_delete(user):
         execd = _as_user(user, runtime + ["exec", "l1", "sh", "-c", "id -u; id -G"])
         assert execd.returncode == 0, execd.stderr
         assert execd.stdout.split() == ["0", "0"]
-        assert _as_user(user, runtime + ["kill", "l1", "KILL"]).returncode == 0
+        # no cgroup: kill --all and delete --force reach the init (its pid namespace dies with it)
+        assert _as_user(user, runtime + ["kill", "--all", "l1", "CONT"]).returncode == 0
     finally:
+        started = time.monotonic()
         deleted = _as_user(user, runtime + ["delete", "--force", "l1"])
     assert deleted.returncode == 0, deleted.stderr
+    assert time.monotonic() - started < 5
+    assert _dead(state["pid"])
     assert os.listdir(os.path.join(user["work"], "capsa")) == []
+
+
+def _dead(pid):
+    """Gone, or a zombie waiting for whichever process adopted it."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_subordinate_ranges_go_through_newuidmap(user):

@@ -43,8 +43,6 @@ def test_options_naming_unmapped_ids_are_dropped():
 
 
 @pytest.mark.parametrize("change, command, field", [
-    ({"detach": True}, "run", "--detach"),
-    ({}, "create", "create"),
     ({"network": "bridge"}, "run", "--network"),
     ({"network": "mynet"}, "run", "--network"),
     ({"publish": ["8080:80"]}, "run", "--publish"),
@@ -56,7 +54,8 @@ def test_refusals_name_the_flag(change, command, field):
     assert info.value.field == field
 
 
-def test_foreground_runs_without_a_network_or_on_the_host_pass():
+def test_runs_and_creates_without_a_network_or_on_the_host_pass():
     for network in ("none", "host"):
-        rootless.check_rootless_request({"detach": False, "network": network, "publish": []},
-                                        "run")
+        for detach, command in ((False, "run"), (True, "run"), (False, "create")):
+            rootless.check_rootless_request({"detach": detach, "network": network,
+                                             "publish": []}, command)
