@@ -1,7 +1,8 @@
 """Host facts and host commands the network manager needs besides the kernel seam.
 
-Owns: running CNI plugins and iptables (os.posix_spawn), finding them on CNI_PATH, the host's routes, links,
-resolv.conf and hosts, probing whether a host port is taken, and whether a pid still runs.
+Owns: running CNI plugins and iptables (os.posix_spawn), finding plugins on CNI_PATH, the
+host's routes, links, resolv.conf and hosts, probing whether a host port is taken, and whether
+a pid still runs.
 Tests replace the whole object with a fake of the same methods.
 """
 import os
@@ -181,13 +182,15 @@ def _spawn(argv, stdin=b"", env=None):
     for pid in list(_ABANDONED):
         if _reaped(pid):
             _ABANDONED.remove(pid)
-    pipes = [os.pipe() for _ in range(3)]
-    actions = [(os.POSIX_SPAWN_DUP2, pipes[0][0], 0), (os.POSIX_SPAWN_DUP2, pipes[1][1], 1),
-               (os.POSIX_SPAWN_DUP2, pipes[2][1], 2)]
-    # fds this process inherited without close-on-exec would reach the plugin (subprocess's
-    # close_fds); posix_spawn closes them in the child (Python 3.11 has no CLOSEFROM action)
-    actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2)
+    pipes = []
     try:
+        for _ in range(3):
+            pipes.append(os.pipe())
+        actions = [(os.POSIX_SPAWN_DUP2, pipes[0][0], 0), (os.POSIX_SPAWN_DUP2, pipes[1][1], 1),
+                   (os.POSIX_SPAWN_DUP2, pipes[2][1], 2)]
+        # fds this process inherited without close-on-exec would reach the plugin (subprocess's
+        # close_fds); posix_spawn closes them in the child (Python 3.11 has no CLOSEFROM action)
+        actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd > 2)
         spawn = os.posix_spawn if "/" in argv[0] else os.posix_spawnp
         pid = spawn(argv[0], argv, os.environ if env is None else env, file_actions=actions)
     except OSError as exc:

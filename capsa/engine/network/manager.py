@@ -102,7 +102,8 @@ def _sweep_of(cid, cached):
 
 
 def _quiet_del(cached):
-    """Do the DELs left to run (no namespace, firewall swept) keep off iptables? portmap's does not."""
+    """Do the DELs left to run (no namespace, firewall swept) keep off iptables? portmap's
+    does not."""
     return all(p["type"] in ("bridge", "macvlan", "tuning", "firewall")
                for conflist, _, _ in cached for p in conflist["plugins"])
 
@@ -586,7 +587,8 @@ class NetworkManager:
     def _await_gone(self, links):
         """The kernel deletes an unpinned namespace's veths in a worker, 16-33 ms later (measured):
         wait, so nothing of the container is on the bridge when detach returns; delete what is
-        still there after `veth_timeout` s (a holder read_in_use missed keeps the namespace alive)."""
+        still there after `veth_timeout` s (a holder read_in_use missed keeps the namespace
+        alive)."""
         import time
         deadline = time.monotonic() + self.veth_timeout
         left = set(links) & self.host.read_links()
