@@ -11,6 +11,9 @@ from capsa.errors import NetworkError
 
 PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni")
 PLUGIN_TIMEOUT = 60
+# -w: the legacy backend fails at once while another program holds the xtables lock (the
+# plugins' go-iptables waits with -w too); iptables-nft accepts and ignores it
+_RESTORE = ["iptables-restore", "-w", "--noflush"]
 
 
 class HostSystem:
@@ -82,7 +85,7 @@ class HostSystem:
         removals = build_rule_removals(self.read_rules(), tags, addresses)
         if not removals:
             return lambda: []
-        restore = _spawn(["iptables-restore", "--noflush"], build_restore(removals).encode())
+        restore = _spawn(_RESTORE, build_restore(removals).encode())
 
         def wait():
             # iptables-nft-restore spends 10-14 ms in close() of its netlink socket after the
@@ -117,7 +120,7 @@ class HostSystem:
                                             firewall)
         if not adds:
             return ready
-        rc, _, err = _spawn(["iptables-restore", "--noflush"], build_restore(adds).encode()).wait()
+        rc, _, err = _spawn(_RESTORE, build_restore(adds).encode()).wait()
         if rc != 0:
             raise NetworkError("iptables-restore could not add the rules of container %s: %s" % (
                 container_id, err.decode(errors="replace").strip() or "exit status %d" % rc),
