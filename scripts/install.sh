@@ -70,4 +70,9 @@ write_launcher capsa capsa.engine.cli main
 mkdir -p -m 0755 "$(dirname "$ROOTFS")"
 "$LAUNCH_PYTHON" -IS -c 'import sys; sys.path.insert(0, sys.argv[1]); from capsa.busybox import main; sys.exit(main(sys.argv[2:]))' \
     "$REPO" "$ROOTFS" --replace
+# 5. Rootless networking: slirp4netns opens /dev/net/tun as the user. Debian's udev rule makes
+# it 0666; a host without udev (containers, this CI) leaves the kernel's 0600.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" = 600 ]; then
+    chmod 0666 /dev/net/tun
+fi
 say "ok: $BIN_DIR/capsa-runtime, $BIN_DIR/capsa, default image at $ROOTFS"

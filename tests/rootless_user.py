@@ -77,3 +77,12 @@ def run_as(user, argv, timeout=60, env=None):
                                            err.read().decode())
 
 
+
+
+def is_gone(pid):
+    """Gone, or a zombie waiting for whichever process adopted it."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

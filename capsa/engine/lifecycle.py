@@ -76,7 +76,7 @@ def _run_or_create(ctx, argv, command):
         if getattr(ctx, "rootless", False):
             from capsa.engine.rootless import check_rootless_request
             if not opts.get("network"):
-                req["network"] = "none"   # bridges need root: rootless podman's default is slirp
+                req["network"] = "slirp4netns"   # bridges need root; rootless podman's default
             check_rootless_request(req, command)
         trace = _trace_printer(ctx) if opts["trace"] else None
         if trace:
@@ -160,7 +160,10 @@ def apply_remove_files(store, record, volumes=False, ctx_root=None):
         apply_release_rootfs(container_dir)
     except ImportError:
         pass
-    if record.get("network") not in (None, "none", "host"):
+    if record.get("network") == "slirp4netns":
+        from capsa.engine import slirp
+        slirp.apply_detach(root, record["id"])
+    elif record.get("network") not in (None, "none", "host"):
         try:
             from capsa.engine.network.manager import NetworkManager
             NetworkManager(os.path.join(root, "network")).detach(record["id"])

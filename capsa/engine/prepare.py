@@ -351,7 +351,14 @@ def apply_prepare_container(ctx, req, runtime, trace=None, declared=False, spec_
                                              container_dir)
         facts, volumes_made = build_facts(ctx, req, id, rootfs, image_config, container_dir)
         made["volumes"] = volumes_made
-        if req["network"] not in ("none", "host"):
+        if req["network"] == "slirp4netns":
+            from capsa.engine import slirp
+            made["network"] = "slirp4netns"
+            result = slirp.apply_attach(ctx.store_root, id, facts["hostname"], req["publish"])
+            facts["netns"] = result["netns"]
+            facts["etc_files"]["/etc/hosts"] = result["hosts"]
+            facts["etc_files"]["/etc/resolv.conf"] = result["resolv"]
+        elif req["network"] not in ("none", "host"):
             from capsa.engine.network.manager import NetworkManager
             net = NetworkManager(os.path.join(ctx.store_root, "network"))
             made["network"] = True
@@ -417,7 +424,10 @@ def _base_spec():
 
 def apply_undo_prepare(ctx, store, id, name, made):
     container_dir = store.path(id)
-    if made.get("network"):
+    if made.get("network") == "slirp4netns":
+        from capsa.engine import slirp
+        slirp.apply_detach(ctx.store_root, id)
+    elif made.get("network"):
         try:
             from capsa.engine.network.manager import NetworkManager
             NetworkManager(os.path.join(ctx.store_root, "network")).detach(id)

@@ -236,13 +236,13 @@ def _pause_main(kernel, maps, uid, gid, from_parent, to_parent, others, pid_file
 def check_rootless_request(req, command):
     """What a rootless engine cannot do yet, refused in one line each."""
     from capsa.errors import UsageError
-    if req["network"] not in ("none", "host"):
+    if req["network"] not in ("slirp4netns", "none", "host"):
         raise UsageError("a rootless container cannot join the %r network: bridges need root"
                          % req["network"], field="--network",
-                         hint="use --network none (the rootless default) or host")
-    if req["publish"]:
-        raise UsageError("ports cannot be published by a rootless container", field="--publish",
-                         hint="use --network host and listen on the port directly")
+                         hint="use slirp4netns (the rootless default), none or host")
+    if req["publish"] and req["network"] != "slirp4netns":
+        raise UsageError("ports are published through slirp4netns only", field="--publish",
+                         hint="drop --network to use slirp4netns, the rootless default")
 
 
 def build_unmapped_options_removed(spec, uid_map, gid_map):

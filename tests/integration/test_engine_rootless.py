@@ -4,11 +4,14 @@
 engine cannot do yet. Nothing is left in the store or mounted on the host afterwards.
 """
 import os
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
-from tests.rootless_user import make_user, run_as, skip_without_userns
+from tests.rootless_user import is_gone, make_user, run_as, skip_without_userns
 
 pytestmark = skip_without_userns()
 CAPSA = os.environ.get("CAPSA_ENGINE", "/usr/local/bin/capsa")
@@ -70,7 +73,7 @@ def test_rootless_layered_image_with_whiteouts(user, tmp_path):
 
 
 @pytest.mark.parametrize("argv, field", [
-    (["run", "--rm", "-p", "8080:80", "busybox", "true"], "--publish"),
+    (["run", "--rm", "--network", "none", "-p", "8080:80", "busybox", "true"], "--publish"),
     (["run", "--rm", "--network", "bridge", "busybox", "true"], "--network"),
     (["run", "--rm", "--memory", "16m", "busybox", "true"], "linux.resources"),
 ])
@@ -123,3 +126,77 @@ def test_root_keeps_the_system_store():
     listed = subprocess.run([CAPSA, "images"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert os.path.isdir("/var/lib/capsa")
+
+
+def _tun_missing():
+    try:
+        mode = os.stat("/dev/net/tun").st_mode
+    except OSError:
+        return "no /dev/net/tun on this host (slirp4netns needs a tap device)"
+    if not mode & 0o006 == 0o006:
+        return "/dev/net/tun is not open to unprivileged users (Debian's udev rule makes it 0666)"
+    if not os.access("/usr/bin/slirp4netns", os.X_OK):
+        return "slirp4netns is not installed"
+    return None
+
+
+def _host_address():
+    """An address of the host that is not loopback (slirp4netns refuses the host's lo)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return None
+
+
+@pytest.mark.skipif(_tun_missing() is not None, reason=_tun_missing() or "")
+def test_rootless_network_is_slirp4netns_out_and_in(user):
+    address = _host_address()
+    if not address or address.startswith("127."):
+        pytest.skip("the host has no non-loopback IPv4 address to be reached at")
+    server = socket.socket()
+    server.bind((address, 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nfrom-the-host")
+        conn.close()
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        out = run_as(user, [CAPSA, "run", "--rm", "busybox", "sh", "-c",
+                            "ip -4 -o addr show tap0 | cut -d' ' -f7; cat /etc/resolv.conf; "
+                            "wget -q -O- http://%s:%d/" % (address, port)])
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["10.0.2.100/24", "nameserver", "10.0.2.3", "from-the-host"]
+    # -p publishes through slirp4netns' API: the host reaches the container's port
+    started = run_as(user, [CAPSA, "run", "-d", "--name", "pub", "-p", "18181:80", "busybox",
+                            "httpd", "-f", "-p", "80", "-h", "/etc"])
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", 18181), timeout=2) as conn:
+                    conn.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+                    reply = conn.recv(4096)
+                if reply:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the published port never answered"
+            time.sleep(0.1)
+        assert b"200 OK" in reply
+    finally:
+        removed = run_as(user, [CAPSA, "rm", "-f", "pub"])
+    assert removed.returncode == 0, removed.stderr
+    slirp = os.path.join(_store(user), "network", "slirp")
+    assert os.listdir(slirp) == []
+    alive = subprocess.run(["pgrep", "-U", str(user["uid"]), "-x", "slirp4netns"],
+                           capture_output=True, text=True).stdout.split()
+    assert [pid for pid in alive if not is_gone(int(pid))] == []

@@ -12,7 +12,7 @@ import pytest
 
 from capsa.runtime.specgen import build_default_spec
 from tests.bundles import RUNC, capsa_runtime_command, make_rootfs
-from tests.rootless_user import USER, make_user, run_as, skip_without_userns
+from tests.rootless_user import USER, is_gone, make_user, run_as, skip_without_userns
 
 pytestmark = skip_without_userns()
 user = pytest.fixture(scope="module")(make_user)
@@ -81,17 +81,8 @@ def test_rootless_create_exec_kill_delete(user):
         deleted = _as_user(user, runtime + ["delete", "--force", "l1"])
     assert deleted.returncode == 0, deleted.stderr
     assert time.monotonic() - started < 5
-    assert _dead(state["pid"])
+    assert is_gone(state["pid"])
     assert os.listdir(os.path.join(user["work"], "capsa")) == []
-
-
-def _dead(pid):
-    """Gone, or a zombie waiting for whichever process adopted it."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_subordinate_ranges_go_through_newuidmap(user):

@@ -59,3 +59,32 @@ def test_runs_and_creates_without_a_network_or_on_the_host_pass():
         for detach, command in ((False, "run"), (True, "run"), (False, "create")):
             rootless.check_rootless_request({"detach": detach, "network": network,
                                              "publish": []}, command)
+
+
+def test_slirp4netns_publishes_and_refuses_the_rest():
+    rootless.check_rootless_request({"detach": True, "network": "slirp4netns",
+                                     "publish": ["8080:80"]}, "run")
+    with pytest.raises(UsageError) as info:
+        rootless.check_rootless_request({"detach": False, "network": "host",
+                                         "publish": ["8080:80"]}, "run")
+    assert info.value.field == "--publish"
+
+
+def test_hostfwd_requests_and_socket_paths():
+    from capsa.engine import slirp
+    from capsa.errors import NetworkError
+    assert slirp.build_hostfwd_requests(["8080:80", "127.0.0.1:53:5353/udp"]) == [
+        {"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "0.0.0.0",
+                                                 "host_port": 8080, "guest_port": 80}},
+        {"execute": "add_hostfwd", "arguments": {"proto": "udp", "host_addr": "127.0.0.1",
+                                                 "host_port": 53, "guest_port": 5353}}]
+    for bad in ("80", "0:80", "a:b", "1:2:3:4"):
+        with pytest.raises(NetworkError):
+            slirp.build_hostfwd_requests([bad])
+    cid = "ab" * 32
+    assert slirp.build_socket_path("/home/u/.local/share/capsa/network/slirp", cid, 1000) == \
+        "/home/u/.local/share/capsa/network/slirp/" + cid[:12] + ".sock"
+    deep = "/home/" + "x" * 100
+    assert slirp.build_socket_path(deep, cid, 1000) == "/tmp/capsa-slirp-1000/%s.sock" % cid[:12]
+    hosts, resolv = slirp.build_etc_files("box")
+    assert "10.0.2.100\tbox" in hosts and resolv == "nameserver 10.0.2.3\n"
