@@ -114,7 +114,9 @@ def build_socket_path(folder, cid, uid):
 
 
 def _start(folder, cid, pin):
-    """slirp4netns in its own session, told the namespace by path; waits for its ready byte."""
+    """slirp4netns in its own session, told the namespace by path; waits for its ready byte.
+    Sandboxed (its own mount namespace, caps dropped) and under its seccomp filter, as podman
+    runs it: it parses the container's packets."""
     import subprocess
     from capsa.runtime.state import read_start_time
     sock = build_socket_path(folder, cid, os.stat(folder).st_uid)
@@ -124,6 +126,7 @@ def _start(folder, cid, pin):
     try:
         proc = subprocess.Popen(
             [SLIRP4NETNS, "--configure", "--mtu=65520", "--disable-host-loopback",
+             "--enable-sandbox", "--enable-seccomp",
              "--ready-fd=%d" % ready_w, "--api-socket", sock, "--netns-type=path", pin, "tap0"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
             start_new_session=True)
