@@ -137,22 +137,23 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         # any container user (a mapped or non-root uid) must be able to open it for writing
         os.chmod(fifo, 0o622)
         fifo_dir = os.open(directory, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        from capsa.runtime.cgroups.manager import apply_cgroup_create, apply_cgroup_join
+        from capsa.runtime.cgroups import manager
+        join_cgroup = manager.apply_cgroup_join
         try:
             if plan["cgroup"].get("systemd"):
                 # systemd makes a unit's cgroups only with a pid to put there: after the fork
-                from capsa.runtime.cgroups.manager import apply_systemd_join as apply_cgroup_join
+                join_cgroup = manager.apply_systemd_join
                 for warning in plan["cgroup"]["systemd"].get("warnings") or ():
                     ctx.log("warning", warning)
             else:
-                apply_cgroup_create(kernel, plan["cgroup"])
+                manager.apply_cgroup_create(kernel, plan["cgroup"])
             made_cgroup = True
         except CapsaError as err:
             # runc's --rootless: cgroups the caller may not create are left out, not fatal
             if not _ignore_cgroup_error(ctx, err, plan["cgroup"]):
                 raise
             plan["cgroup"] = record["cgroup"] = {"paths": {}, "writes": []}
-            apply_cgroup_join = _no_join
+            join_cgroup = _no_join
             # no cgroup of its own to show: the cgroupfs mount is left out, as runc does
             plan["rootfs"]["steps"] = [step for step in plan["rootfs"]["steps"]
                                        if not step.get("cgroupfs")]
@@ -175,7 +176,7 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         child_end.close()
         os.close(fifo_dir)
         init_pid = _launcher_side(ctx, kernel, plan, record, parent_end, child,
-                                  apply_cgroup_join)
+                                  join_cgroup)
         record["pid"] = init_pid
         record["pid_start"] = states.read_start_time(init_pid)
         if ctx.debug:
@@ -295,7 +296,7 @@ def remove_tree(path):
         pass
 
 
-def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
+def _launcher_side(ctx, kernel, plan, record, sock, child, join_cgroup):
     from capsa.runtime.apply.hooks import apply_hooks
     from capsa.runtime.apply.namespaces import apply_id_maps
     if "user" in plan["namespaces"]["new"]:
@@ -310,7 +311,7 @@ def _launcher_side(ctx, kernel, plan, record, sock, child, apply_cgroup_join):
     # init sets up its mounts meanwhile and waits for cgroup-ok only before anything of the
     # user's can run (hooks, exec) and before it unshares its cgroup namespace.
     try:
-        apply_cgroup_join(kernel, plan["cgroup"], init_pid)
+        join_cgroup(kernel, plan["cgroup"], init_pid)
         sync.send(sock, "cgroup-ok")
     except (CapsaError, OSError):
         # the init may have failed (and said why) while we were writing cgroup.procs
