@@ -20,18 +20,8 @@ def read_rootless():
     (conmon's exit command): root there is an ordinary user outside."""
     if os.geteuid() != 0:
         return True
+    from capsa.userns import read_inside_rootless
     return read_inside_rootless()
-
-
-def read_inside_rootless():
-    """Whether this process is root of a user namespace whose root is an unprivileged host
-    user (the rootless namespace, or one like it)."""
-    try:
-        with open("/proc/self/uid_map") as handle:
-            first = handle.readline().split()
-    except OSError:
-        return False
-    return len(first) == 3 and first[0] == "0" and first[1] != "0"
 
 
 def read_default_store(environ):
@@ -72,6 +62,7 @@ def apply_enter_namespace(store_root, kernel=None):
     if kernel is None:
         from capsa.syscalls.kernel import Kernel
         kernel = Kernel()
+    from capsa.userns import read_inside_rootless
     if os.geteuid() == 0 and read_inside_rootless():
         return "inside"
     import fcntl

@@ -208,7 +208,7 @@ def _ignore_cgroup_error(ctx, err, plan=None):
     dropped silently: they make the error stand, with the reason."""
     rootless = getattr(ctx, "rootless", "false")
     if rootless == "auto":
-        from capsa.runtime.plan import read_in_userns
+        from capsa.userns import read_in_userns
         rootless = "true" if os.geteuid() != 0 or read_in_userns() else "false"
     if rootless != "true" or getattr(err, "errno", 0) not in (1, 13, 30):  # EPERM EACCES EROFS
         return False

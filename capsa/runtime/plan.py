@@ -18,6 +18,7 @@ HOST_INIT_ANNOTATION = "org.capsa.init.host-path"
 def read_facts(systemd_cgroup=False):
     """Host facts the plan depends on; cheap reads only."""
     from capsa.runtime.cgroups.layout import read_layout, read_systemd_facts
+    from capsa.userns import read_in_userns, read_setgroups_allowed
     from capsa.runtime.apply.security import read_security_facts
     layout = read_layout()
     if systemd_cgroup and layout["systemd_running"]:
@@ -25,27 +26,6 @@ def read_facts(systemd_cgroup=False):
     return {"cgroup_layout": layout, "security": read_security_facts(),
             "systemd_cgroup": systemd_cgroup, "euid": os.geteuid(), "egid": os.getegid(),
             "in_userns": read_in_userns(), "setgroups": read_setgroups_allowed()}
-
-
-def read_setgroups_allowed():
-    """False when this process's user namespace denies setgroups(2) for good (`unshare -Ur`
-    and any unprivileged one-id map do): a container that stays in it cannot call it either."""
-    try:
-        with open("/proc/self/setgroups", "rb") as handle:
-            return handle.read().strip() != b"deny"
-    except OSError:
-        return True
-
-
-def read_in_userns():
-    """Whether this process already runs in a user namespace other than the host's (rootless
-    podman, `unshare -Ur`, a rootless engine): there mknod is refused whatever the caps."""
-    try:
-        with open("/proc/self/uid_map", "rb") as handle:
-            words = handle.read().split()
-    except OSError:
-        return False
-    return words != [b"0", b"0", b"4294967295"]
 
 
 def _mounts_cgroupfs(spec):

@@ -20,14 +20,11 @@ _CHUNK = 1 << 20
 
 
 def read_in_userns():
-    """Whether capsa runs in a user namespace (rootless): there overlayfs keeps its own
+    """Cached: whether capsa runs in a user namespace (rootless), where overlayfs keeps its own
     xattrs as user.overlay.* (mounted with userxattr) and trusted.* cannot be written."""
     if not _USERNS:
-        try:
-            with open("/proc/self/uid_map", "rb") as handle:
-                _USERNS.append(handle.read().split() != [b"0", b"0", b"4294967295"])
-        except OSError:
-            _USERNS.append(False)
+        from capsa.userns import read_in_userns as read
+        _USERNS.append(read())
     return _USERNS[0]
 
 
