@@ -152,8 +152,12 @@ def main(argv=None, ctx=None):
             rootless = read_rootless()
             root = settings["root"] or (read_default_store(os.environ) if rootless
                                         else "/var/lib/capsa")
-            ctx = Context(root, runtime=settings["runtime"], home=settings["home"],
-                          rootless=rootless)
+            home = settings["home"]
+            if rootless and not home:
+                # declared containers' folder: /containers is root's, ~/containers the user's
+                home = os.path.join(os.environ.get("HOME") or os.path.expanduser("~"),
+                                    "containers")
+            ctx = Context(root, runtime=settings["runtime"], home=home, rootless=rootless)
         if settings.get("version"):
             ctx.stdout.write("capsa 0.1.0\n")
             return 0

@@ -200,3 +200,26 @@ def test_rootless_network_is_slirp4netns_out_and_in(user):
     alive = subprocess.run(["pgrep", "-U", str(user["uid"]), "-x", "slirp4netns"],
                            capture_output=True, text=True).stdout.split()
     assert [pid for pid in alive if not is_gone(int(pid))] == []
+
+
+def test_rootless_declared_container_lives_under_the_users_home(user):
+    """minimal_containers-style config files: ~/containers for a user, /containers for root."""
+    configs = os.path.join(user["work"], "containers", "configs")
+    os.makedirs(configs)
+    with open(os.path.join(configs, "decl"), "w") as handle:
+        handle.write('image=busybox\ncommand=sh -c "echo declared-hi; sleep 30"\n')
+    _chown_tree(os.path.join(user["work"], "containers"), user)
+    started = run_as(user, [CAPSA, "start", "decl"])
+    assert started.returncode == 0, started.stderr
+    log = os.path.join(user["work"], "containers", "logs", "decl")
+    deadline = time.monotonic() + 10
+    while not (os.path.exists(log) and "declared-hi" in open(log).read()):
+        assert time.monotonic() < deadline, "the declared container never wrote its log"
+        time.sleep(0.1)
+    assert "decl" in run_as(user, [CAPSA, "list", "-r"]).stdout
+    stopped = run_as(user, [CAPSA, "kill", "decl"])
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 10
+    while "decl" in run_as(user, [CAPSA, "list", "-r"]).stdout:
+        assert time.monotonic() < deadline, "the declared container did not stop"
+        time.sleep(0.2)
