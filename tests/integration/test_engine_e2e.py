@@ -20,9 +20,11 @@ def make_sources(tmp_path, runtime, registry=None):
     """{transport: reference} of one busybox image saved by a separate store, so the store
     under test starts empty; docker:// when a registry is given."""
     maker = Engine(tmp_path / "maker", runtime)
-    maker.out("run", "--rm", "busybox", "true")
+    # no network: the image is all this store is for (a default bridge would outlive the test)
+    maker.out("run", "--rm", "--network", "none", "busybox", "true")
     archive = str(tmp_path / "bb-docker.tar")
     maker.out("save", "-o", archive, "busybox")
+    maker.cleanup()
     refs = {"docker-archive": "docker-archive:" + archive,
             "oci": "oci:%s:v1" % (tmp_path / "layout"),
             "oci-archive": "oci-archive:%s:localhost/bb:oa" % (tmp_path / "o.tar"),
