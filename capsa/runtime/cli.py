@@ -104,6 +104,21 @@ _ARITY = {"create": (1, 1), "start": (1, 1), "run": (1, 1), "state": (1, 1), "ki
           "resume": (1, 1), "update": (1, 1), "events": (1, 1), "spec": (0, 0), "features": (0, 0)}
 
 
+def read_default_root():
+    """/run/capsa, or $XDG_RUNTIME_DIR/capsa for a rootless caller (runc's rule, which rootless
+    podman counts on: it passes no --root): an unprivileged one, or root of a user namespace
+    whose $USER is unset or not root."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        if os.geteuid() != 0:
+            return os.path.join(runtime_dir, "capsa")
+        if os.environ.get("USER") != "root":
+            from capsa.userns import read_in_userns
+            if read_in_userns():
+                return os.path.join(runtime_dir, "capsa")
+    return DEFAULT_ROOT
+
+
 class Context:
     """What every command gets: the global flags and the log sink."""
 
@@ -111,7 +126,7 @@ class Context:
                  "stdout", "stderr", "command")
 
     def __init__(self, opts, command=None):
-        self.root = opts.get("root") or DEFAULT_ROOT
+        self.root = opts.get("root") or read_default_root()
         self.log_path = opts.get("log")
         self.log_format = opts.get("log_format") or "text"
         self.debug = bool(opts.get("debug"))

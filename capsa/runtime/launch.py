@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from capsa.errors import CapsaError, ContainerError, KernelError, StateError
+from capsa.errors import CapsaError, ConfigError, ContainerError, KernelError, StateError
 from capsa.runtime import state as states
 from capsa.runtime import sync
 
@@ -108,6 +108,7 @@ def _now_rfc3339():
 def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=None,
                      subreaper=False):
     """Run the whole create choreography; returns the saved state record (init waits on fifo)."""
+    _refuse_host_network_sysctls(plan)
     states.ensure_root(ctx.root)
     directory = states.container_dir(ctx.root, container_id)
     try:
@@ -200,6 +201,23 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
     finally:
         os.close(lock_fd)
         reap_warmups()
+
+
+def _refuse_host_network_sysctls(plan):
+    """net.* sysctls in a network namespace joined by path: fine, unless that namespace is
+    the host's own (runc's check), where they would retune the host."""
+    path = plan["namespaces"]["join"].get("network")
+    keys = [key for key in plan["sysctl"] if key.startswith("net.")]
+    if not path or not keys:
+        return
+    try:
+        joined, host = os.stat(path), os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # joining it fails later with its own message
+    if (joined.st_dev, joined.st_ino) == (host.st_dev, host.st_ino):
+        raise ConfigError("the network namespace joined is the host's own",
+                          field="linux.sysctl." + keys[0],
+                          hint="the host's network sysctls are not the container's to set")
 
 
 def _ignore_cgroup_error(ctx, err, plan=None):

@@ -115,7 +115,7 @@ def build_plan(spec, bundle, container_id, facts, options):
                                  (bool(cgroup.get("systemd")) and _mounts_cgroupfs(spec)),
         "hostname": hostname,
         "domainname": domainname,
-        "sysctl": specs.build_sysctl(linux, new),
+        "sysctl": specs.build_sysctl(linux, new, join),
         "time_offsets": specs.build_time_offsets(linux, "time" in new),
         "personality": specs.build_personality(linux),
         "process": process,

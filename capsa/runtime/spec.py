@@ -340,8 +340,11 @@ def build_hooks(spec):
     return plan
 
 
-def build_sysctl(linux, new_namespaces):
-    """Validate sysctls: only keys a namespace the container owns isolates (as runc)."""
+def build_sysctl(linux, new_namespaces, joined=()):
+    """Validate sysctls: only keys a namespace of the container's isolates (as runc). One
+    joined by path counts (rootless podman hands over the network namespace slirp4netns
+    serves); the launcher refuses a joined network namespace that is the host's own."""
+    owned = set(new_namespaces) | set(joined)
     sysctl = linux.get("sysctl") or {}
     _want(sysctl, dict, "linux.sysctl", "an object of key: value strings")
     for key, value in sysctl.items():
@@ -350,16 +353,16 @@ def build_sysctl(linux, new_namespaces):
             raise ConfigError("value must be a string", field=field)
         if "/" in key.replace(".", "") or ".." in key or not key:
             raise ConfigError("bad sysctl name", field=field)
-        if key.startswith("net.") and "network" not in new_namespaces:
-            raise ConfigError("needs a new network namespace", field=field,
+        if key.startswith("net.") and "network" not in owned:
+            raise ConfigError("needs a network namespace of the container's", field=field,
                               hint="the host's network sysctls are not the container's to set")
         elif key.startswith(("kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")) or \
                 key == "kernel.shm_rmid_forced":
-            if "ipc" not in new_namespaces:
-                raise ConfigError("needs a new ipc namespace", field=field)
+            if "ipc" not in owned:
+                raise ConfigError("needs an ipc namespace of the container's", field=field)
         elif key in ("kernel.hostname", "kernel.domainname"):
-            if "uts" not in new_namespaces:
-                raise ConfigError("needs a new uts namespace", field=field)
+            if "uts" not in owned:
+                raise ConfigError("needs a uts namespace of the container's", field=field)
         elif not key.startswith(("net.", "kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")):
             raise ConfigError("sysctl %s is not namespaced: it would change the host" % key,
                               field=field)

@@ -525,3 +525,22 @@ def test_debug_writes_a_debug_line_to_the_log(rt, tmp_path):
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(line["level"] == "debug" and "parked on exec.fifo" in line["msg"]
                for line in lines)
+
+
+def test_network_sysctls_in_the_hosts_namespace_joined_by_path_are_refused(rt):
+    """A joined network namespace may take net.* sysctls (rootless podman's slirp4netns one),
+    but not when it is the host's own: that would retune the host."""
+    def mutate(spec):
+        spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                       if ns["type"] != "network"]
+        spec["linux"]["namespaces"].append({"type": "network",
+                                            "path": "/proc/%d/ns/net" % os.getpid()})
+        spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        before = handle.read()
+    result = rt.run(["true"], mutate=mutate, name="hostnet")
+    assert result.returncode != 0
+    assert "linux.sysctl.net.ipv4.ip_forward" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    with open("/proc/sys/net/ipv4/ip_forward") as handle:
+        assert handle.read() == before

@@ -145,3 +145,27 @@ def test_rootless_cgroup_errors_are_skipped_but_limits_are_never_dropped():
     assert _ignore_cgroup_error(Ctx(), denied, {"writes": []}) is False
     Ctx.rootless = "true"
     assert _ignore_cgroup_error(Ctx(), KernelError("busy", errno=16), {"writes": []}) is False
+
+
+def test_namespaced_sysctls_in_a_namespace_joined_by_path():
+    """Rootless podman hands over the network namespace slirp4netns serves: runc's rule lets a
+    joined namespace take its sysctls; only the host's own is refused (at create)."""
+    from capsa.runtime.spec import build_sysctl
+    linux = {"sysctl": {"net.ipv4.ping_group_range": "0 0", "kernel.shmmax": "1"}}
+    assert build_sysctl(linux, ["ipc"], ["network"]) == linux["sysctl"]
+    with pytest.raises(ConfigError) as info:
+        build_sysctl(linux, ["ipc"], [])
+    assert info.value.field == "linux.sysctl.net.ipv4.ping_group_range"
+
+
+def test_the_default_state_root_follows_runc_for_rootless_callers(monkeypatch):
+    from capsa.runtime import cli
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert cli.read_default_root() == "/run/user/1000/capsa"
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("USER", "root")
+    assert cli.read_default_root() == "/run/capsa"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert cli.read_default_root() == "/run/capsa"
