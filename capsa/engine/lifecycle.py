@@ -77,7 +77,7 @@ def _run_or_create(ctx, argv, command):
             from capsa.engine.rootless import check_rootless_request
             if not opts.get("network"):
                 req["network"] = "slirp4netns"   # bridges need root; rootless podman's default
-            check_rootless_request(req, command)
+            check_rootless_request(req)
         trace = _trace_printer(ctx) if opts["trace"] else None
         if trace:
             trace("parse flags", time.monotonic() - t0)

@@ -224,7 +224,7 @@ def _pause_main(kernel, maps, uid, gid, from_parent, to_parent, others, pid_file
         os._exit(1)
 
 
-def check_rootless_request(req, command):
+def check_rootless_request(req):
     """What a rootless engine cannot do yet, refused in one line each."""
     from capsa.errors import UsageError
     if req["network"] not in ("slirp4netns", "none", "host"):

@@ -54,7 +54,7 @@ def build_hostfwd_requests(publish):
 
 def apply_attach(store_root, cid, hostname, publish, kernel=None):
     """Make and pin the container's network namespace, start slirp4netns on it and publish
-    the ports. -> {"netns", "hosts", "resolv": paths, "pid"}. Undoes itself on failure."""
+    the ports. -> {"netns", "hosts", "resolv": paths}. Undoes itself on failure."""
     if kernel is None:
         from capsa.syscalls.kernel import Kernel
         kernel = Kernel()
@@ -67,7 +67,7 @@ def apply_attach(store_root, cid, hostname, publish, kernel=None):
     pin = os.path.join(folder, cid)
     try:
         _pin_netns(kernel, pin)
-        pid, sock = _start(folder, cid, pin)
+        sock = _start(folder, cid, pin)
         for request in requests:
             _api(sock, request)
     except BaseException:
@@ -80,7 +80,7 @@ def apply_attach(store_root, cid, hostname, publish, kernel=None):
         with open(pin + suffix, "w") as handle:
             handle.write(text)
     # the engine bind-mounts these files over the image's /etc/hosts and /etc/resolv.conf
-    return {"netns": pin, "hosts": paths[".hosts"], "resolv": paths[".resolv"], "pid": pid}
+    return {"netns": pin, "hosts": paths[".hosts"], "resolv": paths[".resolv"]}
 
 
 def _pin_netns(kernel, pin):
@@ -144,7 +144,7 @@ def _start(folder, cid, pin):
     if ready != b"1":
         raise NetworkError("slirp4netns did not come up: %s" % _tail(folder, cid),
                            field="--network")
-    return proc.pid, sock
+    return sock
 
 
 def _tail(folder, cid):

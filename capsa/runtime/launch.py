@@ -153,7 +153,9 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
             # runc's --rootless: cgroups the caller may not create are left out, not fatal
             if not _ignore_cgroup_error(ctx, err, plan["cgroup"]):
                 raise
-            plan["cgroup"] = record["cgroup"] = {"paths": {}, "writes": []}
+            # no cgroup at all, not an empty one: every later command's "has a cgroup" is
+            # then the same plain check
+            plan["cgroup"] = record["cgroup"] = None
             join_cgroup = _no_join
             # no cgroup of its own to show: the cgroupfs mount is left out, as runc does
             plan["rootfs"]["steps"] = [step for step in plan["rootfs"]["steps"]
@@ -181,12 +183,12 @@ def create_container(ctx, kernel, container_id, bundle, plan, spec, pid_file=Non
         record["pid"] = init_pid
         record["pid_start"] = states.read_start_time(init_pid)
         if ctx.debug:
+            paths = (plan["cgroup"] or {}).get("paths", {})
             ctx.log("debug", "container %s: init pid %d parked on exec.fifo; namespaces new=%s "
                     "joined=%s; cgroup %s" % (container_id, init_pid,
                                              ",".join(plan["namespaces"]["new"]),
                                              ",".join(plan["namespaces"]["join"]),
-                                             " ".join(sorted(set(plan["cgroup"].get("paths", {})
-                                                                 .values())))))
+                                             " ".join(sorted(set(paths.values())))))
         states.save(directory, _stored(record))
         if pid_file:
             _write_pid_file(pid_file, init_pid)

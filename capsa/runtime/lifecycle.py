@@ -96,7 +96,7 @@ def kill(root, container_id, signal, all_processes=False):
         raise StateError("container %s is not running" % container_id)
     # without a cgroup (rootless) --all reaches the init only: with a pid namespace of its
     # own, the kernel takes every other process with it when the init dies of SIGKILL
-    if all_processes and _cgroup_of(record):
+    if all_processes and record.get("cgroup"):
         from capsa.runtime.cgroups.manager import apply_kill_all
         from capsa.syscalls.kernel import Kernel
         apply_kill_all(Kernel(), record["cgroup"], signal)
@@ -143,7 +143,7 @@ def delete(root, container_id, force=False, warn=None):
     lock_fd = states.lock(record["dir"])
     try:
         kernel = None
-        if _cgroup_of(record):
+        if record.get("cgroup"):
             from capsa.runtime.cgroups import manager
             from capsa.syscalls.kernel import Kernel
             kernel = Kernel()
@@ -168,14 +168,8 @@ def delete(root, container_id, force=False, warn=None):
         os.close(lock_fd)
 
 
-def _cgroup_of(record):
-    """The container's cgroup plan, or None when it has none (a rootless create skips it)."""
-    cgroup = record.get("cgroup")
-    return cgroup if cgroup and cgroup.get("paths") else None
-
-
 def _kill_and_wait(record, kernel):
-    if kernel is not None and _cgroup_of(record):
+    if kernel is not None and record.get("cgroup"):
         from capsa.runtime.cgroups.manager import apply_kill_all, read_pids
         apply_kill_all(kernel, record["cgroup"], 9)
     elif record.get("pid"):

@@ -238,9 +238,6 @@ class Bus:
         if not reply.startswith(b"OK "):
             raise OSError(0, "authentication refused: %r" % reply.strip())
 
-    def close(self):
-        self.sock.close()
-
     def _receive(self):
         while len(self.buffer) < 16 or len(self.buffer) < read_message_size(self.buffer[:16]):
             if len(self.buffer) >= 16 and read_message_size(self.buffer[:16]) > _MAX_MESSAGE:

@@ -2,6 +2,7 @@
 tests/systemd_machine.py): the container's transient scope, its limits as systemd properties
 that survive a daemon-reload, update, exec, pause, delete, and clean failures; runc beside it.
 """
+import contextlib
 import json
 import os
 import secrets
@@ -65,6 +66,16 @@ def _container(machine, capsa, prefix="c"):
     return cid, "capsa-%s.scope" % cid
 
 
+@contextlib.contextmanager
+def _running(machine, capsa):
+    """A running limited container (id, unit), force-deleted afterwards whatever happened."""
+    cid, unit = _container(machine, capsa)
+    try:
+        yield cid, unit
+    finally:
+        capsa("delete", "-f", cid, check=False)
+
+
 def _cgroups_of(machine, pid):
     paths = {}
     text = machine.run(["cat", "/proc/%d/cgroup" % pid], check=True).stdout
@@ -88,8 +99,7 @@ def _read_unit_file(machine, unit, controller, name):
 
 def test_the_container_lives_in_its_own_scope_with_every_limit(systemd_machine, capsa):
     machine = systemd_machine
-    cid, unit = _container(machine, capsa)
-    try:
+    with _running(machine, capsa) as (cid, unit):
         shown = _show(machine, unit)
         assert {key: shown[key] for key in SCALARS} == {
             "ActiveState": "active", "MemoryLimit": str(64 << 20), "TasksMax": "50",
@@ -103,15 +113,12 @@ def test_the_container_lives_in_its_own_scope_with_every_limit(systemd_machine, 
         inside = capsa("exec", cid, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
                        "/sys/fs/cgroup/pids/pids.max").stdout.split()
         assert inside == [str(64 << 20), "50"]
-    finally:
-        capsa("delete", "-f", cid, check=False)
 
 
 def test_limits_and_device_rules_survive_a_daemon_reload(systemd_machine, capsa):
     """The reason for the driver: systemd rewrites a unit's cgroup files from its properties."""
     machine = systemd_machine
-    cid, unit = _container(machine, capsa)
-    try:
+    with _running(machine, capsa) as (cid, unit):
         before = sorted(_read_unit_file(machine, unit, "devices", "devices.list").split("\n"))
         machine.run(["systemctl", "daemon-reload"], check=True)
         after = sorted(_read_unit_file(machine, unit, "devices", "devices.list").split("\n"))
@@ -122,14 +129,11 @@ def test_limits_and_device_rules_survive_a_daemon_reload(systemd_machine, capsa)
         probe = capsa("exec", cid, "sh", "-c", "mknod /dev/disk b 8 0 && head -c1 /dev/disk",
                       check=False)
         assert probe.returncode != 0 and "not permitted" in probe.stderr + probe.stdout
-    finally:
-        capsa("delete", "-f", cid, check=False)
 
 
 def test_update_tells_systemd_and_the_files(systemd_machine, capsa):
     machine = systemd_machine
-    cid, unit = _container(machine, capsa)
-    try:
+    with _running(machine, capsa) as (cid, unit):
         capsa("update", "--memory", "100M", "--pids-limit", "70", cid)
         shown = _show(machine, unit, ("MemoryLimit", "TasksMax"))
         assert shown == {"MemoryLimit": str(100 << 20), "TasksMax": "70"}
@@ -137,8 +141,6 @@ def test_update_tells_systemd_and_the_files(systemd_machine, capsa):
         assert _read_unit_file(machine, unit, "memory", "memory.limit_in_bytes") == \
             str(100 << 20)
         assert _read_unit_file(machine, unit, "pids", "pids.max") == "70"
-    finally:
-        capsa("delete", "-f", cid, check=False)
 
 
 def test_exec_pause_and_delete(systemd_machine, capsa):

@@ -42,31 +42,31 @@ def test_options_naming_unmapped_ids_are_dropped():
     assert wide["mounts"][0]["options"] == ["gid=5"]
 
 
-@pytest.mark.parametrize("change, command, field", [
-    ({"network": "bridge"}, "run", "--network"),
-    ({"network": "mynet"}, "run", "--network"),
-    ({"publish": ["8080:80"]}, "run", "--publish"),
+@pytest.mark.parametrize("change, field", [
+    ({"network": "bridge"}, "--network"),
+    ({"network": "mynet"}, "--network"),
+    ({"publish": ["8080:80"]}, "--publish"),
 ])
-def test_refusals_name_the_flag(change, command, field):
+def test_refusals_name_the_flag(change, field):
     req = dict({"detach": False, "network": "none", "publish": []}, **change)
     with pytest.raises(UsageError) as info:
-        rootless.check_rootless_request(req, command)
+        rootless.check_rootless_request(req)
     assert info.value.field == field
 
 
 def test_runs_and_creates_without_a_network_or_on_the_host_pass():
     for network in ("none", "host"):
-        for detach, command in ((False, "run"), (True, "run"), (False, "create")):
+        for detach in (False, True):
             rootless.check_rootless_request({"detach": detach, "network": network,
-                                             "publish": []}, command)
+                                             "publish": []})
 
 
 def test_slirp4netns_publishes_and_refuses_the_rest():
     rootless.check_rootless_request({"detach": True, "network": "slirp4netns",
-                                     "publish": ["8080:80"]}, "run")
+                                     "publish": ["8080:80"]})
     with pytest.raises(UsageError) as info:
         rootless.check_rootless_request({"detach": False, "network": "host",
-                                         "publish": ["8080:80"]}, "run")
+                                         "publish": ["8080:80"]})
     assert info.value.field == "--publish"
 
 
